@@ -1,0 +1,3 @@
+from dawntrain.cli import main
+
+raise SystemExit(main())
