@@ -1,0 +1,26 @@
+"""Models, built by name from a config."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dawntrain.models.davidnet import DavidNet
+from dawntrain.models.preact_resnet import PreActResNet
+
+__all__ = ["DavidNet", "PreActResNet", "build_model"]
+
+
+def build_model(
+    name: str, num_classes: int, width: int = 64, dropout: float = 0.0, exact_dropout: bool = False
+) -> nn.Module:
+    if name == "davidnet":
+        model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
+    elif name == "preact_resnet":
+        model = PreActResNet(num_classes=num_classes, width=width)
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    if exact_dropout:
+        for m in model.modules():
+            if hasattr(m, "exact"):
+                m.exact = True
+    return model

@@ -1,0 +1,202 @@
+"""Typed run configuration: defaults, named presets (presets/*.toml), files and `--set key=value`.
+
+Resolution order, later wins: dataclass defaults → preset → `--config FILE.toml` → `--set` → flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from dawntrain.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class Config:
+    # What to train on and where.
+    preset: str = "davidnet"
+    data: str = "cifar10"
+    out: str = ""  # empty: runs/<preset>-<timestamp>
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    # Model.
+    model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
+    width: int = 64  # DavidNet's c; PreActResNet's first width
+    dropout: float = 0.05
+    exact_dropout: bool = False  # True: torch's dropout instead of the cheap bank mask
+    # Data pipeline (on the training device).
+    normalize: str = "dataset"  # dataset (per-channel mean/std) | samplewise (per image)
+    crop_padding: int = 4  # reflect-pad then random crop back; 0 turns it off
+    flip: bool = True
+    val_from_train: int = 0  # hold out this many training images as the validation set
+    # Optimisation.
+    epochs: int = 24
+    batch_size: int = 512
+    lr: float = 0.4  # peak lr; meaning set by `convention`
+    lr_schedule: str = "one_cycle"  # one_cycle | staircase
+    warmup_epochs: float = -1.0  # one_cycle peak epoch; negative: the original's (epochs+1)//5
+    lr_milestones: list[float] = field(default_factory=list)  # staircase
+    lr_factor: float = 0.1  # staircase
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
+    convention: str = "original"
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 1024
+    # Run bookkeeping.
+    keep_checkpoints: int = 5
+    checkpoint_name: str = "epoch_{epoch:02d}.pt"
+    checkpoint_every_steps: int = 0
+    sanity_check: bool = False
+    on_nonfinite: str = "stop"  # stop | skip-step
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "model": ("davidnet", "fast", "preact_resnet", "davidnet64"),
+    "normalize": ("dataset", "samplewise"),
+    "lr_schedule": ("one_cycle", "staircase"),
+    "convention": ("original", "per_example"),
+    "on_nonfinite": ("stop", "skip-step"),
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def presets() -> dict[str, Path]:
+    """Preset name → TOML file shipped in dawntrain/presets."""
+    root = resources.files("dawntrain") / "presets"
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def _suggest(key: str, names) -> str:
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(names)}"
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    expected = _TYPES[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(expected) is list:
+        if not isinstance(value, list):
+            value = [value]
+        try:
+            return [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{origin}: '{key}' must be a list of numbers, got {value!r}"
+            ) from None
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{origin}: '{key}' must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def apply(config: Config, values: dict[str, Any], origin: str) -> Config:
+    """A copy of `config` with `values` applied; unknown keys and wrong types raise ConfigError."""
+    updates = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"{origin}: unknown config key '{key}'{_suggest(key, _FIELDS)}")
+        updates[key] = _coerce(key, value, origin)
+    return dataclasses.replace(config, **updates)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings → dict, values parsed as TOML (so 0.1, true, [64, 72]) else kept as text."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set width=32")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def validate(config: Config) -> Config:
+    for key, choices in CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise ConfigError(
+                f"'{key}' must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
+            )
+    checks = [
+        (config.epochs >= 0, "epochs must be >= 0"),
+        (config.batch_size >= 1, "batch_size must be >= 1"),
+        (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+        (config.lr > 0, "lr must be > 0"),
+        (config.width >= 1, "width must be >= 1"),
+        (0 <= config.dropout < 1, "dropout must be in [0, 1)"),
+        (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
+        (config.weight_decay >= 0, "weight_decay must be >= 0"),
+        (config.crop_padding >= 0, "crop_padding must be >= 0"),
+        (config.val_from_train >= 0, "val_from_train must be >= 0"),
+        (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"impossible config: {message}")
+    return config
+
+
+def resolve(
+    preset: str = "davidnet",
+    config_file: Path | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """The resolved config for a preset plus a file, `--set` items and explicit flag values."""
+    known = presets()
+    if preset not in known:
+        raise ConfigError(f"unknown preset '{preset}'{_suggest(preset, sorted(known))}")
+    config = apply(Config(), {"preset": preset, **load_toml(known[preset])}, f"preset {preset}")
+    if config_file is not None:
+        config = apply(config, load_toml(config_file), str(config_file))
+    if sets:
+        config = apply(config, parse_set(sets), "--set")
+    if overrides:
+        config = apply(config, {k: v for k, v in overrides.items() if v is not None}, "option")
+    return validate(config)

@@ -1,0 +1,138 @@
+"""Batches made on the training device: epoch order, pad-crop-flip as one gather, normalization.
+
+Everything random derives from (seed, epoch, purpose), so a resumed or distributed run sees the same
+order and the same augmentations as an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator whose stream depends on (seed, *keys) and on nothing else."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def channel_stats(images: np.ndarray | torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..255 scale) of uint8 NHWC images, in float64."""
+    x = torch.as_tensor(images).reshape(-1, images.shape[-1]).double()
+    return x.mean(0).tolist(), x.std(0, correction=0).tolist()
+
+
+def reflect_index(size: int, pad: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Source index of each position of a reflect-padded axis (no edge repeat, like np.pad 'reflect')."""
+    i = torch.arange(-pad, size + pad, device=device).abs()
+    return torch.where(i >= size, 2 * (size - 1) - i, i)
+
+
+@dataclass
+class EpochPlan:
+    """The order and augmentation of every training example in one epoch."""
+
+    order: torch.Tensor  # permutation of the training set
+    dx: torch.Tensor  # crop offsets in [0, 2·pad], per position in `order`
+    dy: torch.Tensor
+    flip: torch.Tensor  # bool
+
+
+def epoch_plan(n: int, seed: int, epoch: int, pad: int, flip: bool, device) -> EpochPlan:
+    g = generator(seed, epoch, 1)
+    order = torch.randperm(n, generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return EpochPlan(*(t.to(device) for t in (order, dx, dy, flips)))
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Batches per epoch, the last one partial (the original's tf.data .batch()); a last batch too
+    small to give every rank an example is dropped so all ranks take the same number of steps."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= world_size)
+
+
+def batch_positions(
+    n: int, batch_size: int, step: int, rank: int = 0, world_size: int = 1
+) -> slice | torch.Tensor:
+    """Positions in the epoch's order for this rank's share of global batch `step`."""
+    start, stop = step * batch_size, min(n, (step + 1) * batch_size)
+    if world_size == 1:
+        return slice(start, stop)
+    return torch.arange(start + rank, stop, world_size)
+
+
+def crop_flip(
+    images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor, pad: int
+) -> torch.Tensor:
+    """Random crop of the reflect-padded images plus horizontal flip, as one gather on uint8 NHWC."""
+    b, h, w, _ = images.shape
+    rows_src, cols_src = reflect_index(h, pad, images.device), reflect_index(w, pad, images.device)
+    rows = rows_src[dy[:, None] + torch.arange(h, device=images.device)]
+    cols = cols_src[dx[:, None] + torch.arange(w, device=images.device)]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    n = torch.arange(b, device=images.device)[:, None, None]
+    return images[n, rows[:, :, None], cols[:, None, :]]
+
+
+class Normalizer:
+    """uint8 NHWC → float NCHW in channels_last memory, per-channel or per-image standardized."""
+
+    def __init__(self, mean: list[float] | None, std: list[float] | None, samplewise: bool = False):
+        self.samplewise = samplewise
+        self.mean = torch.tensor(mean or [0.0, 0.0, 0.0]).view(1, -1, 1, 1)
+        self.std = torch.tensor(std or [1.0, 1.0, 1.0]).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+        # permute of a contiguous NHWC tensor is already channels_last: no copy.
+        x = images.permute(0, 3, 1, 2).float()
+        if self.samplewise:
+            # Keras samplewise_center + samplewise_std_normalization on [0, 1] images.
+            x = x / 255.0
+            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+            x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + 1e-6)
+        else:
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=memory_format)
+
+    def state(self) -> dict:
+        return {
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "samplewise": self.samplewise,
+        }
+
+
+def train_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    plan: EpochPlan,
+    batch_size: int,
+    pad: int,
+    augment: bool = True,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 NHWC augmented images, labels) for each of this rank's steps from `start_step` on."""
+    n = len(plan.order)
+    for step in range(start_step, steps_per_epoch(n, batch_size, world_size)):
+        pos = batch_positions(n, batch_size, step, rank, world_size)
+        idx = plan.order[pos]
+        x = images[idx]
+        if augment:
+            x = crop_flip(x, plan.dx[pos], plan.dy[pos], plan.flip[pos], pad)
+        yield x, labels[idx]
+
+
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(images), batch_size):
+        yield images[i : i + batch_size], labels[i : i + batch_size]

@@ -1,0 +1,107 @@
+"""Checkpoints: atomic writes, exact resume state, the newest N kept.
+
+A checkpoint holds only tensors and plain types so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dawntrain.errors import CheckpointError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(file)` on a temp file beside `path`, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"disk full while writing {path}; the previous file is intact, free space and resume"
+            ) from e
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); use an older one") from e
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob)."""
+    found = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+    for old in found[:-keep] if keep > 0 else found:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def resolve_resume(spec: str, out_dir: Path) -> Path:
+    """`last`, a run directory or a checkpoint file → the checkpoint to load."""
+    path = Path(out_dir) / "checkpoints" / "last.pt" if spec == "last" else Path(spec)
+    if path.is_dir():
+        path = (
+            path / "checkpoints" / "last.pt"
+            if (path / "checkpoints").is_dir()
+            else path / "last.pt"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], ignore: set[str]
+) -> list[str]:
+    keys = sorted((set(saved) | set(current)) - ignore)
+    return [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]

@@ -1,0 +1,406 @@
+"""fit(): the one training loop every preset runs.
+
+Per step there is no host synchronisation: loss and correct counts accumulate on the device and
+are read once per epoch. Data lives on the device as uint8; batches are augmented there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import dawntrain
+from dawntrain.config import Config
+from dawntrain.data.batches import (
+    Normalizer,
+    channel_stats,
+    epoch_plan,
+    eval_batches,
+    generator,
+    steps_per_epoch,
+    train_batches,
+)
+from dawntrain.errors import CheckpointError, DawntrainError
+from dawntrain.models import build_model
+from dawntrain.train import checkpoint
+from dawntrain.train.device import (
+    autocast,
+    describe,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
+from dawntrain.train.log import MetricsLog
+from dawntrain.train.optim import make_sgd, set_lr, step_lr
+from dawntrain.train.schedules import Staircase, one_cycle
+
+# Config keys that may differ between a checkpoint and the run that resumes it.
+RESUMABLE_CHANGES = {
+    "out",
+    "device",
+    "quiet",
+    "epochs",
+    "checkpoint_every_steps",
+    "data",
+    "compile",
+    "keep_checkpoints",
+    "sanity_check",
+    "on_nonfinite",
+    "eval_batch_size",
+}
+
+
+class NonFiniteLoss(DawntrainError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class Splits:
+    """uint8 NHWC images and int64 labels for training, per-epoch validation and the final test."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
+    class_names: list[str]
+
+
+def make_splits(config: Config, dataset) -> Splits:
+    """Hold out `val_from_train` training images (a fixed-seed choice) or validate on the test set."""
+    x, y = dataset.train_images, dataset.train_labels
+    k = config.val_from_train
+    if k == 0:
+        return Splits(
+            x, y, dataset.test_images, dataset.test_labels, None, None, dataset.class_names
+        )
+    if k >= len(x):
+        raise DawntrainError(f"val_from_train={k} leaves no training images (the set has {len(x)})")
+    order = torch.randperm(len(x), generator=generator(config.seed, 0, 7)).numpy()
+    val, train = np.sort(order[:k]), np.sort(order[k:])
+    return Splits(
+        x[train],
+        y[train],
+        x[val],
+        y[val],
+        dataset.test_images,
+        dataset.test_labels,
+        dataset.class_names,
+    )
+
+
+def make_schedule(config: Config):
+    if config.lr_schedule == "staircase":
+        return Staircase(config.lr, config.lr_milestones, config.lr_factor)
+    warmup = None if config.warmup_epochs < 0 else config.warmup_epochs
+    return one_cycle(config.lr, config.epochs, warmup)
+
+
+def make_normalizer(config: Config, train_images: np.ndarray) -> Normalizer:
+    if config.normalize == "samplewise":
+        return Normalizer(None, None, samplewise=True)
+    return Normalizer(*channel_stats(train_images))
+
+
+def loss_fn(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, smoothing: float):
+    """Cross-entropy summed over the batch (the original's convention) plus any model penalty."""
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=smoothing)
+    if hasattr(model, "l2_penalty"):
+        # A Keras-style penalty is added to the mean loss; the summed loss carries it B times.
+        loss = loss + len(labels) * model.l2_penalty()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalizer: Normalizer,
+    batch_size: int,
+    precision: str,
+    channels_last: bool = True,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    """Mean loss and accuracy with running BatchNorm statistics, in the run's precision."""
+    was_training = model.training
+    model.eval()
+    device = images.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    predictions = []
+    for x, y in eval_batches(images, labels, batch_size):
+        with autocast(device, precision):
+            logits = model(normalizer(x, channels_last))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        if return_predictions:
+            predictions.append(pred)
+    model.train(was_training)
+    n = max(1, len(labels))
+    out = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    if return_predictions:
+        out["predictions"] = torch.cat(predictions).cpu().numpy() if predictions else np.array([])
+    return out
+
+
+def sanity_check(model, images, labels, normalizer, precision, num_classes, channels_last) -> str:
+    """Evaluate the untrained model on a few batches: its accuracy should be about chance."""
+    n = min(len(labels), 512)
+    result = evaluate(model, images[:n], labels[:n], normalizer, 256, precision, channels_last)
+    chance = 1.0 / num_classes
+    message = f"sanity check: untrained accuracy expected ≈ {chance:.4f} (1/{num_classes}), got {result['acc']:.4f}; loss expected ≈ {math.log(num_classes):.3f}, got {result['loss']:.3f}"
+    # Far off chance before training means labels, data or model are broken (or the set is tiny).
+    if abs(result["acc"] - chance) > max(0.1, 3 * math.sqrt(chance * (1 - chance) / n)):
+        message = "WARNING: " + message + " — far from chance: check labels and preprocessing"
+    return message
+
+
+def default_out(config: Config) -> Path:
+    return Path("runs") / f"{config.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def environment(device: torch.device, precision: str) -> dict[str, Any]:
+    return {
+        "device": describe(device),
+        "precision": precision,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "dawntrain": dawntrain.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def load_data(source: str):
+    from dawntrain.data import load
+
+    return load(source)
+
+
+def fit(
+    config: Config,
+    resume: str | None = None,
+    dataset=None,
+    stream=None,
+) -> dict[str, Any]:
+    """Train as `config` says, writing the run directory; returns the final metrics."""
+    stream = stream or sys.stdout
+    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=stream, flush=True))
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    out = Path(config.out) if config.out else default_out(config)
+    ckpt_dir = out / "checkpoints"
+
+    dataset = dataset if dataset is not None else load_data(config.data)
+    splits = make_splits(config, dataset)
+    num_classes = len(splits.class_names)
+    if config.batch_size > len(splits.train_labels):
+        raise DawntrainError(
+            f"batch_size {config.batch_size} is larger than the training set "
+            f"({len(splits.train_labels)} images); lower it with --batch-size"
+        )
+    normalizer = make_normalizer(config, splits.train_images)
+    to_dev = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    train_x, train_y = to_dev(splits.train_images), to_dev(splits.train_labels).long()
+    val_x, val_y = to_dev(splits.val_images), to_dev(splits.val_labels).long()
+
+    model = build_model(
+        config.model, num_classes, config.width, config.dropout, config.exact_dropout
+    )
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = make_sgd(
+        model, config.momentum, config.nesterov, config.weight_decay, config.batch_size
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    schedule = make_schedule(config)
+    forward = torch.compile(model) if config.compile else model
+
+    n_train = len(train_y)
+    steps = steps_per_epoch(n_train, config.batch_size)
+    start_epoch, start_step, elapsed, history = 0, 0, 0.0, []
+    partial = None
+    if resume:
+        state = checkpoint.load(checkpoint.resolve_resume(resume, out), map_location=device)
+        differs = checkpoint.config_differences(
+            state["config"], config.to_dict(), RESUMABLE_CHANGES
+        )
+        if differs:
+            raise CheckpointError(
+                "the checkpoint belongs to another config:\n  " + "\n  ".join(differs)
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        elapsed, history = state["elapsed_s"], json.loads(state["history"])
+        partial = state.get("partial")
+        say(f"resuming from epoch {start_epoch} step {start_step} of {out}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(config.to_toml())
+    metrics_path = out / "metrics.jsonl"
+    # Rewrite the log from the checkpoint, so epochs run after it (and lost with a crash) vanish.
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    log = MetricsLog(metrics_path, quiet=config.quiet, stream=stream)
+    env = environment(device, precision)
+    say(
+        f"{config.preset}: {n_train} training images, {len(val_y)} validation, {num_classes} classes, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, {env['device']}, {precision}"
+    )
+    if config.sanity_check and not resume:
+        say(
+            sanity_check(
+                model, val_x, val_y, normalizer, precision, num_classes, config.channels_last
+            )
+        )
+
+    def save(epoch: int, step_in_epoch: int, sums: torch.Tensor | None, name: str | None) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "elapsed_s": elapsed,
+            "history": json.dumps(history),
+            "config": config.to_dict(),
+            "normalizer": normalizer.state(),
+            "class_names": list(splits.class_names),
+            "version": dawntrain.__version__,
+        }
+        if sums is not None:
+            state["partial"] = sums.detach().cpu()
+        checkpoint.save(ckpt_dir / "last.pt", state)
+        if name:
+            checkpoint.save(ckpt_dir / name, state)
+            glob = config.checkpoint_name.split("{")[0] + "*.pt"
+            checkpoint.prune(ckpt_dir, glob, config.keep_checkpoints)
+
+    aug = config.crop_padding > 0 or config.flip
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        plan = epoch_plan(n_train, config.seed, epoch, config.crop_padding, config.flip, device)
+        # loss sum, correct, examples, first step with a non-finite loss (-1: none)
+        sums = torch.tensor([0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
+        if partial is not None:
+            sums, partial = partial.to(device), None
+        bar = tqdm(
+            total=steps,
+            initial=start_step,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=config.quiet or not sys.stderr.isatty(),
+            file=sys.stderr,
+        )
+        batches = train_batches(
+            train_x, train_y, plan, config.batch_size, config.crop_padding, aug, start_step
+        )
+        for step, (x, y) in enumerate(batches, start=start_step):
+            global_step = epoch * steps + step
+            set_lr(
+                optimizer,
+                step_lr(config.convention, schedule(global_step / steps), config.batch_size),
+            )
+            with autocast(device, precision):
+                logits = forward(normalizer(x, config.channels_last))
+            loss = loss_fn(model, logits, y, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                bad = ~torch.isfinite(loss)
+                sums[3] = torch.where(bad & (sums[3] < 0), float(global_step), sums[3])
+                sums[0] += loss.detach()
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += len(y)
+            bar.update()
+            if (
+                config.checkpoint_every_steps
+                and (step + 1) % config.checkpoint_every_steps == 0
+                and step + 1 < steps
+            ):
+                check_finite(sums)
+                save(epoch, step + 1, sums, None)
+        bar.close()
+        start_step = 0
+        check_finite(sums)
+        synchronize(device)
+        train_s = time.perf_counter() - t0
+        val = evaluate(
+            model, val_x, val_y, normalizer, config.eval_batch_size, precision, config.channels_last
+        )
+        elapsed += time.perf_counter() - t0
+        loss_sum, correct, count, _ = sums.tolist()
+        metrics = {
+            "epoch": epoch + 1,
+            "lr": round(schedule(epoch + 1), 6),
+            "train_loss": loss_sum / count,
+            "train_acc": correct / count,
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "train_s": round(train_s, 3),
+            "epoch_s": round(time.perf_counter() - t0, 3),
+            "elapsed_s": round(elapsed, 3),
+        }
+        history.append(metrics)
+        log.write(metrics)
+        save(epoch + 1, 0, None, config.checkpoint_name.format(epoch=epoch + 1))
+
+    final = dict(history[-1]) if history else {}
+    if splits.test_images is not None:
+        test = evaluate(
+            model,
+            to_dev(splits.test_images),
+            to_dev(splits.test_labels).long(),
+            normalizer,
+            config.eval_batch_size,
+            precision,
+            config.channels_last,
+        )
+        final.update(test_loss=test["loss"], test_acc=test["acc"])
+        say(f"test loss {test['loss']:.4f}  test acc {test['acc']:.4f}")
+    summary = {
+        "final": final,
+        "wall_s": round(time.perf_counter() - t_run, 3),
+        "train_images": n_train,
+        "epochs": config.epochs,
+        "environment": env,
+    }
+    checkpoint.atomic_write(
+        out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode())
+    )
+    say(f"run written to {out}")
+    return {**final, "out": str(out)}
+
+
+def check_finite(sums: torch.Tensor) -> None:
+    first_bad = sums[3].item()
+    if first_bad >= 0:
+        raise NonFiniteLoss(
+            f"the loss became NaN or Inf at step {int(first_bad)}; the last good checkpoint is kept. "
+            "Lower the lr or check the data"
+        )

@@ -1,0 +1,51 @@
+import pytest
+
+from dawntrain.config import Config, parse_set, presets, resolve
+from dawntrain.errors import ConfigError
+
+
+def test_davidnet_preset_is_the_original_recipe():
+    cfg = resolve("davidnet")
+    assert (cfg.width, cfg.epochs, cfg.batch_size, cfg.lr) == (64, 24, 512, 0.4)
+    assert (cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.dropout) == (0.9, True, 5e-4, 0.05)
+
+
+def test_set_parses_toml_values_and_overrides_win():
+    cfg = resolve(
+        "davidnet", sets=["width=16", "lr=0.1", "nesterov=false"], overrides={"epochs": 3}
+    )
+    assert (cfg.width, cfg.lr, cfg.nesterov, cfg.epochs) == (16, 0.1, False, 3)
+    assert parse_set(["data=sample"]) == {"data": "sample"}
+
+
+def test_unknown_key_suggests_the_nearest_name():
+    with pytest.raises(ConfigError, match="did you mean batch_size"):
+        resolve("davidnet", sets=["batch_sise=3"])
+
+
+def test_wrong_type_and_impossible_values():
+    with pytest.raises(ConfigError, match="'epochs' must be int"):
+        resolve("davidnet", sets=["epochs=ten"])
+    for bad in ["epochs=-1", "lr=0", "batch_size=0", "precision=fp8"]:
+        with pytest.raises(ConfigError):
+            resolve("davidnet", sets=[bad])
+
+
+def test_unknown_preset_and_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean davidnet"):
+        resolve("davidnt")
+    f = tmp_path / "c.toml"
+    f.write_text("width = 8\nepochs = 1\n")
+    assert resolve("davidnet", config_file=f).width == 8
+    f.write_text("widht = 8\n")
+    with pytest.raises(ConfigError, match="c.toml: unknown config key 'widht'; did you mean width"):
+        resolve("davidnet", config_file=f)
+
+
+def test_every_preset_resolves_and_round_trips_through_toml(tmp_path):
+    for name in presets():
+        cfg = resolve(name)
+        f = tmp_path / f"{name}.toml"
+        f.write_text(cfg.to_toml())
+        assert resolve(name, config_file=f) == cfg
+    assert isinstance(Config().to_toml(), str)
