@@ -1,0 +1,328 @@
+"""Tiny ImageNet: read the official tiny-imagenet-200/ layout, and the original's preprocessing.
+
+The source is the folder itself, the official tiny-imagenet-200.zip or a .tar.gz of the folder;
+archives are read in place (no extraction). The layout:
+
+    wnids.txt                      one wnid a line; its order defines the labels
+    words.txt                      wnid<TAB>words (optional here)
+    train/<wnid>/images/*.JPEG     500 a class
+    train/<wnid>/<wnid>_boxes.txt  file<TAB>x0<TAB>y0<TAB>x1<TAB>y1 (metadata only)
+    val/images/*.JPEG + val/val_annotations.txt  file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1
+    test/images/*.JPEG             unlabeled
+
+Files whose path has a part starting with "." (.DS_Store, ._x) or named __MACOSX are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+import warnings
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from dawntrain.data.images import ConvertedToRGBWarning, decode_images
+from dawntrain.errors import DataError
+
+IMAGE_SIZE = 64
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+# keras_preprocessing's samplewise_std_normalization epsilon (standalone Keras <= 2.1 used 1e-7).
+KERAS_STD_EPS = 1e-6
+
+Box = tuple[str, int, int, int, int]  # (wnid, x0, y0, x1, y1)
+
+_HOW_TO_FIX = "re-extract tiny-imagenet-200.zip or fix the file"
+
+
+@dataclass
+class TinyImageNet:
+    """Decoded Tiny ImageNet: uint8 (N, 64, 64, 3) images, int64 labels indexing class_names."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    train_files: list[str]
+    val_files: list[str]
+    test_files: list[str]
+    class_names: list[str]  # wnids, in wnids.txt order
+    class_words: list[str]  # from words.txt, e.g. "Egyptian cat"
+    boxes: dict[str, Box] = field(default_factory=dict)  # train and val file name -> box
+    notes: list[str] = field(default_factory=list)  # what was converted or ignored
+
+
+def _is_stray(rel: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+
+
+def _natural_key(name: str) -> list:
+    """n01443537_10.JPEG sorts after n01443537_9.JPEG."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class _Tree:
+    """The files under a tiny-imagenet-200/ root, wherever they are stored."""
+
+    def __init__(self, label: str, files: dict[str, bytes | Path]):
+        self.label = label  # how messages name the root, ending in "/"
+        self.files = files  # path relative to the root -> encoded bytes or a file on disk
+
+    def where(self, rel: str) -> str:
+        return self.label + rel
+
+    def text(self, rel: str) -> str:
+        data = self.files[rel]
+        data = data if isinstance(data, bytes) else data.read_bytes()
+        return data.decode("utf-8", errors="replace")
+
+
+def _archive_root(names: list[str], source: Path) -> str:
+    """The prefix ('tiny-imagenet-200/' or '') of the shallowest wnids.txt in an archive."""
+    found = [n for n in names if PurePosixPath(n).name == "wnids.txt"]
+    if not found:
+        raise DataError(
+            f"{source}: no wnids.txt in this archive; expected the official "
+            "tiny-imagenet-200.zip or a .tar.gz of the tiny-imagenet-200/ folder"
+        )
+    shallowest = min(found, key=lambda n: n.count("/"))
+    return shallowest[: -len("wnids.txt")]
+
+
+def _open_tree(source: Path) -> _Tree:
+    if not source.exists():
+        raise DataError(
+            f"{source}: not found; pass the tiny-imagenet-200/ folder, tiny-imagenet-200.zip "
+            "(http://cs231n.stanford.edu/tiny-imagenet-200.zip) or a .tar.gz of the folder"
+        )
+    if source.is_dir():
+        root = source
+        if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200/wnids.txt").is_file():
+            root = root / "tiny-imagenet-200"
+        if not (root / "wnids.txt").is_file():
+            raise DataError(
+                f"{root / 'wnids.txt'}: not found; pass the tiny-imagenet-200/ folder itself "
+                "(the one holding wnids.txt, train/, val/ and test/)"
+            )
+        files = {}
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if not _is_stray(rel) and path.is_file():
+                files[rel] = path
+        return _Tree(f"{root}/", files)
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/") and not _is_stray(n)]
+            prefix = _archive_root(names, source)
+            files = {n[len(prefix) :]: archive.read(n) for n in names if n.startswith(prefix)}
+        return _Tree(f"{source}:{prefix}", files)
+    if tarfile.is_tarfile(source):
+        # A gzip stream has no index, so read every member in one pass.
+        with tarfile.open(source, "r:*") as archive:
+            files = {
+                m.name.removeprefix("./"): archive.extractfile(m).read()
+                for m in archive
+                if m.isfile() and not _is_stray(m.name.removeprefix("./"))
+            }
+        prefix = _archive_root(list(files), source)
+        files = {n[len(prefix) :]: d for n, d in files.items() if n.startswith(prefix)}
+        return _Tree(f"{source}:{prefix}", files)
+    raise DataError(
+        f"{source}: neither a folder, a .zip nor a tar archive; pass the tiny-imagenet-200/ "
+        "folder, tiny-imagenet-200.zip or a .tar.gz of the folder"
+    )
+
+
+def _read_table(tree: _Tree, rel: str, columns: int) -> list[list[str]]:
+    """Tab/space separated rows with `columns` fields, the last four of them integers."""
+    rows = []
+    for number, line in enumerate(tree.text(rel).splitlines(), 1):
+        if not line.strip():
+            continue
+        row = line.split()
+        if len(row) != columns or not all(re.fullmatch(r"-?\d+", v) for v in row[-4:]):
+            raise DataError(
+                f"{tree.where(rel)}, line {number}: expected {columns} fields ending in four "
+                f"integers (x0 y0 x1 y1), got {line!r}; {_HOW_TO_FIX}"
+            )
+        rows.append(row)
+    return rows
+
+
+def _box(wnid: str, coords: list[str]) -> Box:
+    x0, y0, x1, y1 = (int(v) for v in coords)
+    return (wnid, x0, y0, x1, y1)
+
+
+def _images_in(by_dir: dict[str, list[str]], folder: str) -> list[str]:
+    names = [n for n in by_dir.get(folder, []) if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    return [f"{folder}/{n}" for n in sorted(names, key=_natural_key)]
+
+
+def _decode(tree: _Tree, rels: list[str], split: str, notes: list[str], **kw) -> np.ndarray:
+    items = [(tree.where(rel), tree.files[rel]) for rel in rels]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvertedToRGBWarning)
+        images = decode_images(items, (IMAGE_SIZE, IMAGE_SIZE), **kw)
+    for w in caught:
+        if issubclass(w.category, ConvertedToRGBWarning):
+            notes.append(f"{split}: {w.message}")  # Tiny ImageNet has grayscale JPEGs
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return images
+
+
+def _read_train(
+    tree: _Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict, notes: list[str]
+) -> tuple[list[str], list[int]]:
+    train_dirs = {rel.split("/")[1] for rel in tree.files if rel.startswith("train/")}
+    files, labels = [], []
+    stray_boxes = 0  # boxes are metadata: a line for a missing image is dropped, not an error
+    for label, wnid in enumerate(wnids):
+        if wnid not in train_dirs:
+            raise DataError(
+                f"{tree.where(f'train/{wnid}/')}: missing, but wnids.txt lists {wnid}; "
+                "restore the folder or remove the wnid from wnids.txt"
+            )
+        images = _images_in(by_dir, f"train/{wnid}/images")
+        if not images:
+            raise DataError(
+                f"{tree.where(f'train/{wnid}/images/')}: no images (.JPEG/.jpg/.png) for class "
+                f"{wnid}; restore them or remove the wnid from wnids.txt"
+            )
+        files += images
+        labels += [label] * len(images)
+        boxes_file = f"train/{wnid}/{wnid}_boxes.txt"
+        if boxes_file in tree.files:
+            present = set(by_dir[f"train/{wnid}/images"])
+            for name, *coords in _read_table(tree, boxes_file, 5):
+                if name in present:
+                    boxes[name] = _box(wnid, coords)
+                else:
+                    stray_boxes += 1
+    if stray_boxes:
+        notes.append(f"train: ignored {stray_boxes} *_boxes.txt lines naming missing images")
+    extra = sorted(train_dirs - set(wnids))
+    if extra:
+        notes.append(f"train/: ignored {len(extra)} folders not in wnids.txt: {extra[:5]}")
+    return files, labels
+
+
+def _read_val(
+    tree: _Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict
+) -> tuple[list[str], list[int]]:
+    annotations = "val/val_annotations.txt"
+    if annotations not in tree.files:
+        raise DataError(f"{tree.where(annotations)}: not found; {_HOW_TO_FIX}")
+    label_of = {wnid: i for i, wnid in enumerate(wnids)}
+    images = set(_images_in(by_dir, "val/images"))
+    labels: dict[str, int] = {}
+    for name, wnid, *coords in _read_table(tree, annotations, 6):
+        if wnid not in label_of:
+            raise DataError(
+                f"{tree.where(annotations)}: {name} is labeled {wnid}, which is not in wnids.txt; "
+                "add the wnid to wnids.txt or remove the line"
+            )
+        if f"val/images/{name}" not in images:
+            raise DataError(
+                f"{tree.where(annotations)}: names {name}, but {tree.where('val/images/' + name)} "
+                "does not exist; restore the image or remove the line"
+            )
+        labels[f"val/images/{name}"] = label_of[wnid]
+        boxes[name] = _box(wnid, coords)
+    unlabeled = sorted(images - set(labels), key=_natural_key)
+    if unlabeled:
+        raise DataError(
+            f"{tree.where(unlabeled[0])}: not in {annotations} ({len(unlabeled)} val images are "
+            "not); restore the annotation file or remove the images"
+        )
+    files = sorted(labels, key=_natural_key)
+    return files, [labels[f] for f in files]
+
+
+def load_tiny_imagenet(
+    source: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    resize: bool = False,
+) -> TinyImageNet:
+    """Read and decode Tiny ImageNet from its folder, official .zip or a .tar.gz of the folder.
+
+    Labels follow wnids.txt; val labels come from val/val_annotations.txt; test is unlabeled.
+    Non-RGB images are converted (and counted in `notes`); an image that is not 64x64 is a
+    DataError unless resize=True. Decoding uses `workers` processes (default 2).
+    """
+    tree = _open_tree(Path(source))
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for rel in tree.files:
+        folder, _, name = rel.rpartition("/")
+        by_dir[folder].append(name)
+
+    wnids = tree.text("wnids.txt").split()
+    if not wnids:
+        raise DataError(f"{tree.where('wnids.txt')}: empty; {_HOW_TO_FIX}")
+    if len(set(wnids)) != len(wnids):
+        dupes = sorted({w for w in wnids if wnids.count(w) > 1})
+        raise DataError(f"{tree.where('wnids.txt')}: repeated wnids {dupes}; {_HOW_TO_FIX}")
+    notes: list[str] = []
+    words = {}
+    if "words.txt" in tree.files:
+        for line in tree.text("words.txt").splitlines():
+            wnid, _, text = line.partition("\t")
+            words[wnid.strip()] = text.strip()
+    else:
+        notes.append("no words.txt: class_words are the wnids")
+
+    boxes: dict[str, Box] = {}
+    train_files, train_labels = _read_train(tree, by_dir, wnids, boxes, notes)
+    val_files, val_labels = _read_val(tree, by_dir, wnids, boxes)
+    test_files = _images_in(by_dir, "test/images")
+    if not test_files:
+        notes.append("no test/images: test_images is empty")
+
+    def decode(rels: list[str], split: str) -> np.ndarray:
+        label = f"Tiny ImageNet {split}" if progress else None
+        return _decode(tree, rels, split, notes, workers=workers, resize=resize, progress=label)
+
+    return TinyImageNet(
+        train_images=decode(train_files, "train"),
+        train_labels=np.array(train_labels, dtype=np.int64),
+        val_images=decode(val_files, "val"),
+        val_labels=np.array(val_labels, dtype=np.int64),
+        test_images=decode(test_files, "test"),
+        train_files=[PurePosixPath(f).name for f in train_files],
+        val_files=[PurePosixPath(f).name for f in val_files],
+        test_files=[PurePosixPath(f).name for f in test_files],
+        class_names=wnids,
+        class_words=[words.get(wnid, wnid) for wnid in wnids],
+        boxes=boxes,
+        notes=notes,
+    )
+
+
+def samplewise_standardize(x: torch.Tensor, eps: float = KERAS_STD_EPS) -> torch.Tensor:
+    """The original's Keras preprocessing on a batch: rescale=1/255, samplewise_center and
+    samplewise_std_normalization, i.e. per image (x - mean) / (std + eps), the mean and the
+    population std taken over all of the image's pixels and channels.
+
+    x is either uint8 (N, H, W, C) as stored, rescaled to [0, 1] and returned as float32
+    (N, C, H, W), or a float (N, C, H, W) batch already on the [0, 1] scale (for instance after
+    augmentation), returned in its own dtype. Statistics are taken in at least float32.
+    """
+    scale = 1.0
+    if x.dtype == torch.uint8:
+        # Work on the 0..255 scale, where float32 sums of the pixels are exact (a constant image
+        # gives exact zeros): (x/255 - m/255) / (s/255 + eps) = (x - m) / (s + 255 eps).
+        x, scale = x.permute(0, 3, 1, 2).float(), 255.0
+    elif not x.is_floating_point():
+        raise TypeError(f"expected uint8 NHWC or float NCHW images, got {x.dtype}")
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mean = work.mean(dim=(1, 2, 3), keepdim=True)
+    std = work.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    return ((work - mean) / (std + eps * scale)).to(x.dtype)
