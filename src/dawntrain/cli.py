@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from dawntrain.errors import DawntrainError
@@ -99,6 +101,30 @@ def _num_classes(cfg) -> int:
     return 200 if cfg.data in ("tiny-imagenet",) else 10
 
 
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from dawntrain.bench import throughput
+
+    cfg = _resolve(args)
+    variants = throughput.default_variants(compile_too=args.compile)
+    result = throughput.run(
+        cfg, steps=args.steps, warmup=args.warmup, variants=variants, image_size=args.image_size
+    )
+    path = _write_result(args.results, f"throughput-{cfg.preset}-b{cfg.batch_size}", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(throughput.format_table(result))
+        print(f"written to {path}")
+    return 0
+
+
+def _write_result(directory: Path, stem: str, result: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dawntrain", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -134,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--num-classes", type=int)
     p.set_defaults(func=cmd_summary)
+
+    bench = sub.add_parser("bench", help="benchmarks (results as JSON under benchmarks/results/)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    p = bench_sub.add_parser("throughput", help="training images/s: reference path vs engine")
+    _add_config_options(p)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile'd engine")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.set_defaults(func=cmd_bench_throughput)
     return parser
 
 

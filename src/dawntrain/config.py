@@ -64,7 +64,7 @@ class Config:
     keep_checkpoints: int = 5
     checkpoint_name: str = "epoch_{epoch:02d}.pt"
     checkpoint_every_steps: int = 0
-    sanity_check: bool = False
+    sanity_check: bool = True  # evaluate the untrained model first: accuracy should be chance
     on_nonfinite: str = "stop"  # stop | skip-step
     quiet: bool = False
 

@@ -125,6 +125,27 @@ def loss_fn(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, smooth
     return loss
 
 
+def train_step(
+    model: nn.Module,
+    forward,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a normalized batch; returns the (summed) loss and the logits."""
+    with autocast(x.device, precision):
+        logits = forward(x)
+    loss = loss_fn(model, logits, y, label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -324,13 +345,16 @@ def fit(
                 optimizer,
                 step_lr(config.convention, schedule(global_step / steps), config.batch_size),
             )
-            with autocast(device, precision):
-                logits = forward(normalizer(x, config.channels_last))
-            loss = loss_fn(model, logits, y, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = train_step(
+                model,
+                forward,
+                optimizer,
+                scaler,
+                normalizer(x, config.channels_last),
+                y,
+                precision,
+                config.label_smoothing,
+            )
             with torch.no_grad():
                 bad = ~torch.isfinite(loss)
                 sums[3] = torch.where(bad & (sums[3] < 0), float(global_step), sums[3])

@@ -1,0 +1,188 @@
+"""Training throughput: the reference path against the engine, in one run, with a matmul peak.
+
+Rows share one process, one data set and one step function, so their ratio is meaningful even on
+a noisy machine. Images/s is the median over timed windows after warm-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dawntrain.analysis.flops import training_flops_per_image
+from dawntrain.config import Config
+from dawntrain.data.batches import Normalizer, crop_flip
+from dawntrain.models import build_model
+from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
+from dawntrain.train.loop import train_step
+from dawntrain.train.optim import make_sgd, set_lr, step_lr
+
+
+@dataclass
+class Variant:
+    name: str
+    precision: str  # fp32 | bf16 | fp16 | auto
+    channels_last: bool
+    exact_dropout: bool  # torch's dropout (the reference) instead of the bank mask
+    compiled: bool = False
+
+
+def default_variants(compile_too: bool = False) -> list[Variant]:
+    rows = [
+        Variant("reference", "fp32", channels_last=False, exact_dropout=True),
+        Variant("engine", "auto", channels_last=True, exact_dropout=False),
+        Variant("engine-fp32", "fp32", channels_last=True, exact_dropout=False),
+        Variant("engine-exact-dropout", "auto", channels_last=True, exact_dropout=True),
+    ]
+    if compile_too:
+        rows.append(Variant("engine-compiled", "auto", True, False, compiled=True))
+    return rows
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype, device: torch.device, n: int = 4096, reps: int = 3
+) -> float:
+    """Best achieved GFLOP/s of an n³ matmul: the practical peak the convolutions are compared to."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _timer(device: torch.device):
+    """Seconds between two points, by CUDA events on a GPU (no stall inside the window)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+
+        def stop() -> float:
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return stop
+    t = time.perf_counter()
+    return lambda: time.perf_counter() - t
+
+
+def measure(
+    config: Config,
+    variant: Variant,
+    steps: int,
+    warmup: int,
+    windows: int = 5,
+    image_size: int = 32,
+) -> dict[str, Any]:
+    """Median training images/s of `variant` on random uint8 data through the full step."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(variant.precision, device)
+    torch.manual_seed(0)
+    model = build_model(config.model, 10, config.width, config.dropout, variant.exact_dropout)
+    fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    forward = torch.compile(model) if variant.compiled else model
+    opt = make_sgd(model, config.momentum, config.nesterov, config.weight_decay, config.batch_size)
+    set_lr(opt, step_lr(config.convention, config.lr * 0.1, config.batch_size))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    b = config.batch_size
+    images = torch.randint(0, 256, (b, image_size, image_size, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (b,), device=device)
+    normalizer = Normalizer([125.0] * 3, [63.0] * 3)
+    pad = config.crop_padding
+
+    def step() -> None:
+        d = torch.randint(0, 2 * pad + 1, (2, b), device=device)
+        flip = torch.rand(b, device=device) < 0.5
+        x = normalizer(crop_flip(images, d[0], d[1], flip, pad), variant.channels_last)
+        train_step(model, forward, opt, scaler, x, labels, precision, config.label_smoothing)
+
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    rates = []
+    per_window = max(1, steps // windows)
+    for _ in range(windows):
+        stop = _timer(device)
+        for _ in range(per_window):
+            step()
+        rates.append(per_window * b / stop())
+    ips = statistics.median(rates)
+    flops = training_flops_per_image(model, (3, image_size, image_size))
+    return {
+        "name": variant.name,
+        "images_per_s": round(ips, 2),
+        "gflops": round(ips * flops / 1e9, 2),
+        "precision": precision,
+        "layout": "channels_last" if variant.channels_last else "NCHW",
+        "compiled": variant.compiled,
+        "exact_dropout": variant.exact_dropout,
+        "window_images_per_s": [round(r, 2) for r in rates],
+    }
+
+
+def run(
+    config: Config,
+    steps: int = 20,
+    warmup: int = 3,
+    variants: list[Variant] | None = None,
+    image_size: int = 32,
+) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    rows = [
+        measure(config, v, steps, warmup, image_size=image_size)
+        for v in variants or default_variants()
+    ]
+    peaks = {"fp32": round(matmul_peak_gflops(torch.float32, device), 1)}
+    if resolve_precision("auto", device) != "fp32":
+        peaks["bf16"] = round(matmul_peak_gflops(torch.bfloat16, device), 1)
+    ref = rows[0]["images_per_s"]
+    for row in rows:
+        row["ratio"] = round(row["images_per_s"] / ref, 3)
+        peak = peaks.get(row["precision"], peaks["fp32"])
+        row["fraction_of_peak"] = round(row["gflops"] / peak, 3)
+    return {
+        "preset": config.preset,
+        "batch_size": config.batch_size,
+        "device": describe(device),
+        "torch": torch.__version__,
+        "training_flops_per_image": None
+        if not rows
+        else training_flops_per_image(
+            build_model(config.model, 10, config.width, config.dropout), (3, image_size, image_size)
+        ),
+        "rows": rows,
+        "peak_gflops": peaks,
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k in ("model", "width", "dropout")
+        },
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = f"{'variant':<22}{'precision':>10}{'layout':>15}{'compiled':>9}{'images/s':>10}{'ratio':>7}{'GFLOP/s':>9}{'of peak':>8}"
+    lines = [
+        f"{result['preset']} batch {result['batch_size']} on {result['device']}, torch {result['torch']}",
+        head,
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['name']:<22}{r['precision']:>10}{r['layout']:>15}{str(r['compiled']):>9}"
+            f"{r['images_per_s']:>10.1f}{r['ratio']:>7.2f}{r['gflops']:>9.1f}{r['fraction_of_peak']:>8.0%}"
+        )
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
+    lines.append(f"matmul peak GFLOP/s (4096³, same run): {peaks}")
+    return "\n".join(lines)

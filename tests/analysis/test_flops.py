@@ -1,0 +1,135 @@
+"""Analytic FLOP counts against hand-computed numbers for small nets and DavidNet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dawntrain.analysis.flops import (
+    elementwise_flops,
+    flops,
+    flops_breakdown,
+    training_flops_per_image,
+)
+from dawntrain.errors import ConfigError
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def small_net() -> nn.Sequential:
+    # Non-square 6x10 input so a swapped H/W or a wrong output size changes the count.
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # → 8x6x10
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # → 8x3x5
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2),  # → 16x2x3
+        Residual(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(16, 5),
+    )
+
+
+CONV1 = 2 * 9 * 3 * 8 * (6 * 10)
+CONV2 = 2 * 9 * (8 // 2) * 16 * (2 * 3)
+RES_CONV = 2 * 1 * 16 * 16 * (2 * 3)
+LINEAR = 2 * 16 * 5
+BN, RELU, MAXPOOL = 2 * 8 * 60, 8 * 60, 4 * (8 * 3 * 5)
+RES_ADD, AVGPOOL = 16 * 6, 16 * 6
+
+
+def test_small_net_matches_hand_count():
+    net = small_net()
+    assert flops(net, (3, 6, 10)) == CONV1 + CONV2 + RES_CONV + LINEAR
+    assert elementwise_flops(net, (3, 6, 10)) == BN + RELU + MAXPOOL + RES_ADD + AVGPOOL
+    assert training_flops_per_image(net, (3, 6, 10)) == 3 * (CONV1 + CONV2 + RES_CONV + LINEAR)
+
+
+def test_breakdown_names_modules_and_separates_elementwise():
+    net = small_net()
+    assert flops_breakdown(net, (3, 6, 10)) == {
+        "0": CONV1,
+        "1": BN,
+        "2": RELU,
+        "3": MAXPOOL,
+        "4": CONV2,
+        "5.conv": RES_CONV,
+        "5": RES_ADD,  # the residual add, charged to the module whose forward ran it
+        "6": AVGPOOL,
+        "9": LINEAR,
+    }
+    assert flops_breakdown(net, (3, 6, 10), include_elementwise=False) == {
+        "0": CONV1,
+        "4": CONV2,
+        "5.conv": RES_CONV,
+        "9": LINEAR,
+    }
+
+
+def test_transposed_conv_and_linear_on_extra_dims():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2)  # 4x5x5 → 6x11x11
+            self.proj = nn.Linear(11, 7)  # applied to the last dim of (1, 6, 11, 11)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(self.up(x))
+
+    # Each input element scatters a 3x3 kernel into the 3 output channels of its group.
+    assert flops(Net(), (4, 5, 5)) == 2 * 9 * 3 * (4 * 25) + 2 * 11 * 7 * (6 * 11)
+
+
+def test_shared_module_is_counted_per_call():
+    conv = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+    twice = nn.Sequential(conv, conv)
+    assert flops(twice, (2, 4, 4)) == 2 * (2 * 9 * 2 * 2 * 16)
+    assert flops_breakdown(twice, (2, 4, 4)) == {"0": 2 * (2 * 9 * 2 * 2 * 16)}
+
+
+def test_restores_training_modes_and_counts_on_meta_device():
+    net = small_net().train()
+    net[1].eval()  # a mixed state must come back exactly
+    before = [m.training for m in net.modules()]
+    flops(net, (3, 6, 10))
+    assert [m.training for m in net.modules()] == before
+    assert before.count(False) == 1
+    with torch.device("meta"):
+        meta_net = small_net()
+    assert flops(meta_net, (3, 6, 10)) == CONV1 + CONV2 + RES_CONV + LINEAR
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (3, 0, 32), (3, 32.0, 32)])
+def test_bad_input_shape_is_a_config_error(shape):
+    with pytest.raises(ConfigError, match="input_shape"):
+        flops(small_net(), shape)
+
+
+def test_davidnet_is_about_076_gflops():
+    davidnet = pytest.importorskip("dawntrain.models.davidnet")
+    net = davidnet.DavidNet(c=64, weight=0.125, dropout=0.05)
+    # prep 3→64 @32², layer1 64→128 @32², res1 2×128 @16², layer2 128→256 @16²,
+    # layer3 256→512 @8², res3 2×512 @4², linear 512→10.
+    conv3x3_macs = 9 * (
+        3 * 64 * 32**2
+        + 64 * 128 * 32**2
+        + 2 * 128 * 128 * 16**2
+        + 128 * 256 * 16**2
+        + 256 * 512 * 8**2
+        + 2 * 512 * 512 * 4**2
+    )
+    hand = 2 * conv3x3_macs + 2 * 512 * 10
+    forward = flops(net, (3, 32, 32))
+    assert forward == hand
+    assert forward == pytest.approx(0.76e9, rel=0.02)
+    assert training_flops_per_image(net, (3, 32, 32)) == pytest.approx(2.28e9, rel=0.02)

@@ -1,0 +1,98 @@
+"""A resumed run ends with bitwise the same weights and metrics as an uninterrupted one."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dawntrain.config import resolve
+from dawntrain.errors import CheckpointError
+from dawntrain.train import fit, loop
+from dawntrain.train.checkpoint import load
+
+
+def tiny_dataset(n=96, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    # Class-dependent brightness, so the run can learn something.
+    images = (rng.integers(0, 100, (n, 16, 16, 3)) + labels[:, None, None, None] * 40).astype(
+        np.uint8
+    )
+    return SimpleNamespace(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:32],
+        test_labels=labels[:32],
+        class_names=[f"c{i}" for i in range(classes)],
+    )
+
+
+def config(out, **kw):
+    sets = [
+        "width=4",
+        "epochs=3",
+        "batch_size=32",
+        "sanity_check=false",
+        "quiet=true",
+        "precision=fp32",
+    ] + [f"{k}={v}" for k, v in kw.items()]
+    return resolve("davidnet", sets=sets, overrides={"out": str(out)})
+
+
+def final_state(out):
+    return load(out / "checkpoints" / "last.pt")
+
+
+def assert_same_run(a, b):
+    sa, sb = final_state(a), final_state(b)
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    ma = [{k: v for k, v in m.items() if not k.endswith("_s")} for m in json.loads(sa["history"])]
+    mb = [{k: v for k, v in m.items() if not k.endswith("_s")} for m in json.loads(sb["history"])]
+    assert ma == mb
+
+
+def test_resume_at_an_epoch_boundary_is_exact(tmp_path):
+    data = tiny_dataset()
+    fit(config(tmp_path / "full"), dataset=data)
+    # A crash right after epoch 1: the run directory holds epoch 1's checkpoint as `last`.
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "epoch_01.pt", part / "last.pt")
+    fit(config(tmp_path / "part"), dataset=data, resume="last")
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_resume_inside_an_epoch_is_exact(tmp_path, monkeypatch):
+    data = tiny_dataset()
+    fit(config(tmp_path / "full"), dataset=data)
+    calls = 0
+    real_step = loop.train_step
+
+    def crash_on_sixth_step(*args, **kw):
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", crash_on_sixth_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(config(tmp_path / "part", checkpoint_every_steps=2), dataset=data)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    state = load(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # 3 steps an epoch, saved every 2
+    fit(config(tmp_path / "part", checkpoint_every_steps=2), dataset=data, resume="last")
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_resume_refuses_another_config(tmp_path):
+    data = tiny_dataset()
+    fit(config(tmp_path / "a", epochs=1), dataset=data)
+    with pytest.raises(CheckpointError, match="width"):
+        fit(config(tmp_path / "a", width=8), dataset=data, resume="last")
