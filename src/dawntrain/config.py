@@ -44,6 +44,9 @@ class Config:
     normalize: str = "dataset"  # dataset (per-channel mean/std) | samplewise (per image)
     crop_padding: int = 4  # reflect-pad then random crop back; 0 turns it off
     flip: bool = True
+    alternate_flip: bool = (
+        False  # after epoch 1, flip exactly the images the previous epoch did not
+    )
     val_from_train: int = 0  # hold out this many training images as the validation set
     # Optimisation.
     epochs: int = 24
@@ -51,6 +54,8 @@ class Config:
     lr: float = 0.4  # peak lr; meaning set by `convention`
     lr_schedule: str = "one_cycle"  # one_cycle | staircase
     warmup_epochs: float = -1.0  # one_cycle peak epoch; negative: the original's (epochs+1)//5
+    lr_start: float = 0.0  # one_cycle: lr at epoch 0, as a fraction of the peak
+    lr_final: float = 0.0  # one_cycle: lr at the last epoch, as a fraction of the peak
     lr_milestones: list[float] = field(default_factory=list)  # staircase
     lr_factor: float = 0.1  # staircase
     momentum: float = 0.9
@@ -59,6 +64,10 @@ class Config:
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
     convention: str = "original"
     label_smoothing: float = 0.0
+    bias_lr_scale: float = 1.0  # BatchNorm shifts (and the whitening bias) train with lr × this
+    whiten_bias_epochs: int = 0  # the whitening layer's bias trains for this many epochs only
+    lookahead: bool = False  # pull weights toward a slow EMA every 5 steps, adopt it at the end
+    tta_level: int = 0  # test-time augmentation: 0 none, 1 flip, 2 flip + one-pixel translations
     eval_batch_size: int = 1024
     # Run bookkeeping.
     keep_checkpoints: int = 5

@@ -41,12 +41,23 @@ class EpochPlan:
     flip: torch.Tensor  # bool
 
 
-def epoch_plan(n: int, seed: int, epoch: int, pad: int, flip: bool, device) -> EpochPlan:
+def epoch_plan(
+    n: int, seed: int, epoch: int, pad: int, flip: bool, device, alternate_flip: bool = False
+) -> EpochPlan:
+    """Order and augmentation for one epoch. With `alternate_flip` (from airbench), each image is
+    flipped at random in epoch 0 and then in every other epoch exactly when it was not before, so
+    both views are seen equally often instead of by chance."""
     g = generator(seed, epoch, 1)
     order = torch.randperm(n, generator=g)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if not flip:
+        flips = torch.zeros(n, dtype=torch.bool)
+    elif alternate_flip:
+        per_image = (torch.rand(n, generator=generator(seed, 0, 2)) < 0.5) ^ bool(epoch % 2)
+        flips = per_image[order]
+    else:
+        flips = torch.rand(n, generator=g) < 0.5
     return EpochPlan(*(t.to(device) for t in (order, dx, dy, flips)))
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from dawntrain.models.davidnet import DavidNet
+from dawntrain.models.fast import FastNet
 from dawntrain.models.preact_resnet import PreActResNet
 
-__all__ = ["DavidNet", "PreActResNet", "build_model"]
+__all__ = ["DavidNet", "FastNet", "PreActResNet", "build_model"]
 
 
 def build_model(
@@ -15,6 +16,8 @@ def build_model(
 ) -> nn.Module:
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
+    elif name == "fast":
+        model = FastNet(widths=(width, 4 * width, 4 * width), num_classes=num_classes)
     elif name == "preact_resnet":
         model = PreActResNet(num_classes=num_classes, width=width)
     else:

@@ -44,7 +44,8 @@ from dawntrain.train.device import (
     synchronize,
 )
 from dawntrain.train.log import MetricsLog
-from dawntrain.train.optim import make_sgd, set_lr, step_lr
+from dawntrain.train.lookahead import Lookahead
+from dawntrain.train.optim import freeze_group, make_sgd, set_lr, step_lr
 from dawntrain.train.schedules import Staircase, one_cycle
 
 # Config keys that may differ between a checkpoint and the run that resumes it.
@@ -107,7 +108,7 @@ def make_schedule(config: Config):
     if config.lr_schedule == "staircase":
         return Staircase(config.lr, config.lr_milestones, config.lr_factor)
     warmup = None if config.warmup_epochs < 0 else config.warmup_epochs
-    return one_cycle(config.lr, config.epochs, warmup)
+    return one_cycle(config.lr, config.epochs, warmup, config.lr_start, config.lr_final)
 
 
 def make_normalizer(config: Config, train_images: np.ndarray) -> Normalizer:
@@ -146,6 +147,21 @@ def train_step(
     return loss, logits
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Logits averaged over test-time views: level 1 adds the mirror image, level 2 also
+    one-pixel translations (up-left and down-right, reflect-padded) of both."""
+    logits = model(x)
+    if level >= 1:
+        logits = 0.5 * logits + 0.5 * model(x.flip(-1))
+    if level >= 2:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+        translated = sum(0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted) / 2
+        logits = 0.5 * logits + 0.5 * translated
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -156,6 +172,7 @@ def evaluate(
     precision: str,
     channels_last: bool = True,
     return_predictions: bool = False,
+    tta_level: int = 0,
 ) -> dict[str, Any]:
     """Mean loss and accuracy with running BatchNorm statistics, in the run's precision."""
     was_training = model.training
@@ -166,7 +183,7 @@ def evaluate(
     predictions = []
     for x, y in eval_batches(images, labels, batch_size):
         with autocast(device, precision):
-            logits = model(normalizer(x, channels_last))
+            logits = tta_logits(model, normalizer(x, channels_last), tta_level)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -182,8 +199,10 @@ def evaluate(
 
 def sanity_check(model, images, labels, normalizer, precision, num_classes, channels_last) -> str:
     """Evaluate the untrained model on a few batches: its accuracy should be about chance."""
-    n = min(len(labels), 512)
-    result = evaluate(model, images[:n], labels[:n], normalizer, 256, precision, channels_last)
+    # A random subset: test sets are often sorted by class, and the first 512 may hold 5 classes.
+    pick = torch.randperm(len(labels), generator=generator(0, 0, 5))[:512].to(labels.device)
+    n = len(pick)
+    result = evaluate(model, images[pick], labels[pick], normalizer, 256, precision, channels_last)
     chance = 1.0 / num_classes
     message = f"sanity check: untrained accuracy expected ≈ {chance:.4f} (1/{num_classes}), got {result['acc']:.4f}; loss expected ≈ {math.log(num_classes):.3f}, got {result['loss']:.3f}"
     # Far off chance before training means labels, data or model are broken (or the set is tiny).
@@ -241,20 +260,30 @@ def fit(
     to_dev = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(device)  # noqa: E731
     train_x, train_y = to_dev(splits.train_images), to_dev(splits.train_labels).long()
     val_x, val_y = to_dev(splits.val_images), to_dev(splits.val_labels).long()
+    n_train = len(train_y)
 
     model = build_model(
         config.model, num_classes, config.width, config.dropout, config.exact_dropout
     )
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
+    if hasattr(model, "init_from_data"):
+        # Whitening filters from (up to) 5,000 training images, identically on every resume.
+        subset = train_x[torch.randperm(n_train, generator=generator(config.seed, 0, 3))[:5000]]
+        model.init_from_data(normalizer(subset, config.channels_last))
     optimizer = make_sgd(
-        model, config.momentum, config.nesterov, config.weight_decay, config.batch_size
+        model,
+        config.momentum,
+        config.nesterov,
+        config.weight_decay,
+        config.batch_size,
+        config.bias_lr_scale,
     )
+    lookahead = Lookahead(model) if config.lookahead else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(config)
     forward = torch.compile(model) if config.compile else model
 
-    n_train = len(train_y)
     steps = steps_per_epoch(n_train, config.batch_size)
     start_epoch, start_step, elapsed, history = 0, 0, 0.0, []
     partial = None
@@ -271,6 +300,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        if lookahead is not None:
+            lookahead.load_state_dict(state["lookahead"])
         checkpoint.set_rng_state(state["rng"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         elapsed, history = state["elapsed_s"], json.loads(state["history"])
@@ -300,6 +331,7 @@ def fit(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
+            "lookahead": lookahead.state_dict() if lookahead is not None else {},
             "rng": checkpoint.rng_state(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
@@ -319,11 +351,22 @@ def fit(
             checkpoint.prune(ckpt_dir, glob, config.keep_checkpoints)
 
     aug = config.crop_padding > 0 or config.flip
+    total_steps = steps * config.epochs
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0 = time.perf_counter()
-        plan = epoch_plan(n_train, config.seed, epoch, config.crop_padding, config.flip, device)
+        plan = epoch_plan(
+            n_train,
+            config.seed,
+            epoch,
+            config.crop_padding,
+            config.flip,
+            device,
+            config.alternate_flip,
+        )
+        if 0 < config.whiten_bias_epochs <= epoch:
+            freeze_group(optimizer, "whiten_bias")
         # loss sum, correct, examples, first step with a non-finite loss (-1: none)
         sums = torch.tensor([0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
         if partial is not None:
@@ -355,6 +398,8 @@ def fit(
                 precision,
                 config.label_smoothing,
             )
+            if lookahead is not None:
+                lookahead.step(global_step + 1, total_steps)
             with torch.no_grad():
                 bad = ~torch.isfinite(loss)
                 sums[3] = torch.where(bad & (sums[3] < 0), float(global_step), sums[3])
@@ -395,18 +440,38 @@ def fit(
         save(epoch + 1, 0, None, config.checkpoint_name.format(epoch=epoch + 1))
 
     final = dict(history[-1]) if history else {}
+    if lookahead is not None:
+        lookahead.finish()
+    test_x, test_y = val_x, val_y
     if splits.test_images is not None:
+        test_x, test_y = to_dev(splits.test_images), to_dev(splits.test_labels).long()
+    if lookahead is not None or splits.test_images is not None or config.tta_level:
+        # The final weights differ from the last epoch's (EMA) or the test set is new: evaluate.
         test = evaluate(
             model,
-            to_dev(splits.test_images),
-            to_dev(splits.test_labels).long(),
+            test_x,
+            test_y,
             normalizer,
             config.eval_batch_size,
             precision,
             config.channels_last,
         )
         final.update(test_loss=test["loss"], test_acc=test["acc"])
-        say(f"test loss {test['loss']:.4f}  test acc {test['acc']:.4f}")
+        line = f"test loss {test['loss']:.4f}  test acc {test['acc']:.4f}"
+        if config.tta_level:
+            tta = evaluate(
+                model,
+                test_x,
+                test_y,
+                normalizer,
+                config.eval_batch_size,
+                precision,
+                config.channels_last,
+                tta_level=config.tta_level,
+            )
+            final.update(test_loss_tta=tta["loss"], test_acc_tta=tta["acc"])
+            line += f"  with TTA (level {config.tta_level}) {tta['acc']:.4f}"
+        say(line)
     summary = {
         "final": final,
         "wall_s": round(time.perf_counter() - t_run, 3),

@@ -23,20 +23,61 @@ def step_weight_decay(weight_decay: float, batch_size: int) -> float:
     return weight_decay * batch_size
 
 
+def param_groups(model: nn.Module, bias_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters in named groups: `weights`, `norm` (BatchNorm scale/shift) and
+    `whiten_bias`. Groups with a larger lr get a proportionally smaller decay coefficient,
+    so lr × decay, the shrink per step, is the same for every parameter."""
+    norm_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False)
+    }
+    whiten = getattr(model, "whiten", None)
+    whiten_ids = {id(whiten.bias)} if whiten is not None and whiten.bias is not None else set()
+    groups: dict[str, list] = {"weights": [], "norm": [], "whiten_bias": []}
+    for p in model.parameters():
+        if p.requires_grad:
+            name = (
+                "whiten_bias" if id(p) in whiten_ids else "norm" if id(p) in norm_ids else "weights"
+            )
+            groups[name].append(p)
+    scale = {"weights": 1.0, "norm": bias_lr_scale, "whiten_bias": bias_lr_scale}
+    return [
+        {"name": name, "params": params, "lr_scale": scale[name], "wd_scale": 1.0 / scale[name]}
+        for name, params in groups.items()
+        if params
+    ]
+
+
 def make_sgd(
-    model: nn.Module, momentum: float, nesterov: bool, weight_decay: float, batch_size: int
+    model: nn.Module,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    batch_size: int,
+    bias_lr_scale: float = 1.0,
 ) -> torch.optim.SGD:
     # The original decays every trainable variable, BatchNorm's scale and shift included.
-    params = [p for p in model.parameters() if p.requires_grad]
-    foreach = True if params and params[0].device.type == "cpu" else None
+    groups = param_groups(model, bias_lr_scale)
+    wd = step_weight_decay(weight_decay, batch_size)
+    for group in groups:
+        group["weight_decay"] = wd * group["wd_scale"]
+    device = groups[0]["params"][0].device if groups else torch.device("cpu")
     return torch.optim.SGD(
-        params,
+        groups,
         lr=0.0,
         momentum=momentum,
         nesterov=nesterov,
-        weight_decay=step_weight_decay(weight_decay, batch_size),
-        foreach=foreach,
+        foreach=True if device.type == "cpu" else None,
     )
+
+
+def freeze_group(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Stop a group from moving (its lr becomes 0 from the next set_lr on)."""
+    for group in optimizer.param_groups:
+        if group.get("name") == name:
+            group["lr_scale"] = 0.0
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -38,8 +38,9 @@ class Staircase:
 
 
 def one_cycle(
-    peak: float, epochs: int, warmup: float | None = None, final: float = 0.0
+    peak: float, epochs: int, warmup: float | None = None, start: float = 0.0, final: float = 0.0
 ) -> PiecewiseLinear:
-    """DavidNet's triangle: 0 → peak at (epochs+1)//5 → `final` at `epochs`, unless `warmup` is given."""
-    warmup = (epochs + 1) // 5 if warmup is None else warmup
-    return PiecewiseLinear([0, warmup, epochs], [0.0, peak, final])
+    """DavidNet's triangle: start·peak at 0 → peak at `warmup` (default the original's
+    (epochs+1)//5) → final·peak at `epochs`."""
+    warmup = (epochs + 1) // 5 if warmup is None else min(warmup, epochs)
+    return PiecewiseLinear([0, warmup, epochs], [start * peak, peak, final * peak])

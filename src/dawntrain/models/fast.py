@@ -1,0 +1,86 @@
+"""The `fast` preset's network: a frozen patch-whitening layer, then three conv groups.
+
+Ideas from the public CIFAR-10 speed records (Page's DAWNBench follow-ups, tysam-code's hlb-CIFAR10,
+Keller Jordan's airbench), implemented here from their descriptions:
+- the first layer is a fixed 2x2 conv whose filters whiten image patches (eigenvectors of the
+  training patches' covariance, scaled by 1/sqrt(eigenvalue)), in ± pairs so ReLU-like
+  activations keep both signs;
+- conv filters start as identity (dirac) on their first c_in outputs, so each group begins close
+  to passing its input through;
+- BatchNorm scale is frozen at 1 and only its shift trains (with a larger lr, see train/optim.py);
+- the logits are scaled by 1/9 (a temperature that keeps early softmax outputs soft).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def batchnorm(c: int) -> nn.BatchNorm2d:
+    # Fast-moving running statistics (torch momentum 0.4) suit 10-epoch runs; eps≈0 because the
+    # whitened inputs are well scaled already.
+    bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
+class ConvGroup(nn.Module):
+    """conv → max pool → BN → GELU → conv → BN → GELU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1, self.pool, self.norm1 = conv3x3(c_in, c_out), nn.MaxPool2d(2), batchnorm(c_out)
+        self.conv2, self.norm2 = conv3x3(c_out, c_out), batchnorm(c_out)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        num_classes: int = 10,
+        patch: int = 2,
+        scale: float = 1 / 9,
+    ):
+        super().__init__()
+        whiten_width = 2 * 3 * patch * patch
+        self.whiten = nn.Conv2d(3, whiten_width, patch, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act = nn.GELU()
+        self.groups = nn.Sequential(
+            ConvGroup(whiten_width, widths[0]),
+            ConvGroup(widths[0], widths[1]),
+            ConvGroup(widths[1], widths[2]),
+        )
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from normalized float NCHW training images."""
+        k = self.whiten.kernel_size[0]
+        c = images.shape[1]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]
+        filters = filters.reshape(-1, c, k, k).to(self.whiten.weight)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.act(self.whiten(x)))
+        return self.head(self.pool(x).flatten(1)) * self.scale
