@@ -51,6 +51,9 @@ class Config:
     # Optimisation.
     epochs: int = 24
     batch_size: int = 512
+    batch_scope: str = "global"  # global: batch_size split over ranks | per_rank: batch_size each
+    sync_bn: bool = False  # SyncBatchNorm across ranks: batch statistics of the global batch
+    dist_timeout_s: float = 300.0  # a rank that waits longer on its peers fails with an error
     lr: float = 0.4  # peak lr; meaning set by `convention`
     lr_schedule: str = "one_cycle"  # one_cycle | staircase
     warmup_epochs: float = -1.0  # one_cycle peak epoch; negative: the original's (epochs+1)//5
@@ -92,6 +95,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("one_cycle", "staircase"),
     "convention": ("original", "per_example"),
     "on_nonfinite": ("stop", "skip-step"),
+    "batch_scope": ("global", "per_rank"),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -35,11 +35,10 @@ from dawntrain.data.batches import (
 )
 from dawntrain.errors import CheckpointError, DawntrainError
 from dawntrain.models import build_model
-from dawntrain.train import checkpoint
+from dawntrain.train import checkpoint, distributed
 from dawntrain.train.device import (
     autocast,
     describe,
-    resolve_device,
     resolve_precision,
     synchronize,
 )
@@ -61,6 +60,7 @@ RESUMABLE_CHANGES = {
     "sanity_check",
     "on_nonfinite",
     "eval_batch_size",
+    "dist_timeout_s",
 }
 
 
@@ -135,13 +135,17 @@ def train_step(
     y: torch.Tensor,
     precision: str,
     label_smoothing: float = 0.0,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a normalized batch; returns the (summed) loss and the logits."""
+    """One optimizer step on a normalized batch; returns the (summed) loss and the logits.
+
+    `grad_scale` = world size under DDP, whose mean over ranks then becomes the gradient of the
+    loss summed over the global batch, exactly as one process with that batch computes it."""
     with autocast(x.device, precision):
         logits = forward(x)
     loss = loss_fn(model, logits, y, label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * grad_scale if grad_scale != 1.0 else loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss, logits
@@ -190,8 +194,11 @@ def evaluate(
         if return_predictions:
             predictions.append(pred)
     model.train(was_training)
-    n = max(1, len(labels))
-    out = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    totals = distributed.all_reduce_(
+        torch.stack([loss_sum, correct.double(), torch.tensor(len(labels), device=device).double()])
+    ).tolist()
+    n = max(1, totals[2])
+    out = {"loss": totals[0] / n, "acc": totals[1] / n}
     if return_predictions:
         out["predictions"] = torch.cat(predictions).cpu().numpy() if predictions else np.array([])
     return out
@@ -233,38 +240,74 @@ def load_data(source: str):
     return load(source)
 
 
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The seed of torch's global generator for one step (dropout masks draw from it)."""
+    return int(np.random.SeedSequence([seed, epoch, step, rank, 11]).generate_state(1)[0])
+
+
 def fit(
     config: Config,
     resume: str | None = None,
     dataset=None,
     stream=None,
 ) -> dict[str, Any]:
-    """Train as `config` says, writing the run directory; returns the final metrics."""
-    stream = stream or sys.stdout
-    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=stream, flush=True))
+    """Train as `config` says, writing the run directory; returns the final metrics.
+
+    Under torchrun every rank calls this; rank 0 alone prints and writes files.
+    """
+    world = distributed.setup(config.device, config.dist_timeout_s)
+    try:
+        return _fit(config, world, resume, dataset, stream or sys.stdout)
+    except (RuntimeError, OSError) as e:
+        # A collective that fails because a peer died should end every rank with one clear line.
+        if world.active and not isinstance(e, DawntrainError):
+            raise distributed.RankLost(
+                f"rank {world.rank} of {world.size}: another rank stopped or the connection "
+                f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "the last checkpoint is intact, resume with --resume"
+            ) from e
+        raise
+    finally:
+        distributed.cleanup(world)
+
+
+def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
+    say = (
+        (lambda *a: print(*a, file=stream, flush=True))
+        if world.is_main and not config.quiet
+        else (lambda *a: None)
+    )
+    t_start = time.perf_counter()
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = world.device
     precision = resolve_precision(config.precision, device)
     out = Path(config.out) if config.out else default_out(config)
+    out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
     ckpt_dir = out / "checkpoints"
 
     dataset = dataset if dataset is not None else load_data(config.data)
     splits = make_splits(config, dataset)
     num_classes = len(splits.class_names)
-    if config.batch_size > len(splits.train_labels):
+    batch = config.batch_size * (world.size if config.batch_scope == "per_rank" else 1)
+    if batch > len(splits.train_labels):
         raise DawntrainError(
-            f"batch_size {config.batch_size} is larger than the training set "
+            f"batch_size {batch} is larger than the training set "
             f"({len(splits.train_labels)} images); lower it with --batch-size"
         )
+    if batch < world.size:
+        raise DawntrainError(f"a global batch of {batch} cannot feed {world.size} ranks")
     normalizer = make_normalizer(config, splits.train_images)
     to_dev = lambda a: torch.as_tensor(np.ascontiguousarray(a)).to(device)  # noqa: E731
     train_x, train_y = to_dev(splits.train_images), to_dev(splits.train_labels).long()
     val_x, val_y = to_dev(splits.val_images), to_dev(splits.val_labels).long()
     n_train = len(train_y)
+    data_s = time.perf_counter() - t_start
 
     model = build_model(
         config.model, num_classes, config.width, config.dropout, config.exact_dropout
     )
+    if config.sync_bn and world.active:
+        model = distributed.convert_sync_batchnorm(model, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     if hasattr(model, "init_from_data"):
@@ -272,19 +315,19 @@ def fit(
         subset = train_x[torch.randperm(n_train, generator=generator(config.seed, 0, 3))[:5000]]
         model.init_from_data(normalizer(subset, config.channels_last))
     optimizer = make_sgd(
-        model,
-        config.momentum,
-        config.nesterov,
-        config.weight_decay,
-        config.batch_size,
-        config.bias_lr_scale,
+        model, config.momentum, config.nesterov, config.weight_decay, batch, config.bias_lr_scale
     )
     lookahead = Lookahead(model) if config.lookahead else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(config)
-    forward = torch.compile(model) if config.compile else model
+    forward = model
+    if world.active:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        forward = torch.compile(forward)
 
-    steps = steps_per_epoch(n_train, config.batch_size)
+    steps = steps_per_epoch(n_train, batch, world.size)
     start_epoch, start_step, elapsed, history = 0, 0, 0.0, []
     partial = None
     if resume:
@@ -296,29 +339,36 @@ def fit(
             raise CheckpointError(
                 "the checkpoint belongs to another config:\n  " + "\n  ".join(differs)
             )
+        if state["step_in_epoch"] and state.get("world_size", 1) != world.size:
+            raise CheckpointError(
+                f"this checkpoint is from inside an epoch at world size {state.get('world_size', 1)}; "
+                f"resume it with that many processes, or from an epoch checkpoint at any size"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+        scaler.load_state_dict(state["scaler"])
         if lookahead is not None:
             lookahead.load_state_dict(state["lookahead"])
-        checkpoint.set_rng_state(state["rng"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         elapsed, history = state["elapsed_s"], json.loads(state["history"])
-        partial = state.get("partial")
+        partial = state.get("partial") if world.size == 1 else None
         say(f"resuming from epoch {start_epoch} step {start_step} of {out}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config.to_toml())
-    metrics_path = out / "metrics.jsonl"
-    # Rewrite the log from the checkpoint, so epochs run after it (and lost with a crash) vanish.
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
-    log = MetricsLog(metrics_path, quiet=config.quiet, stream=stream)
-    env = environment(device, precision)
+    log = MetricsLog(None, quiet=True)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(config.to_toml())
+        metrics_path = out / "metrics.jsonl"
+        # Rewrite the log from the checkpoint, so epochs run after it (lost in a crash) vanish.
+        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+        log = MetricsLog(metrics_path, quiet=config.quiet, stream=stream)
+    env = {**environment(device, precision), "world_size": world.size}
     say(
-        f"{config.preset}: {n_train} training images, {len(val_y)} validation, {num_classes} classes, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, {env['device']}, {precision}"
+        f"{config.preset}: {n_train} training images, {len(val_y)} validation, "
+        f"{num_classes} classes, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{env['device']}, {precision}" + (f", {world.size} ranks" if world.active else "")
     )
+    shard = slice(world.rank, None, world.size)
     if config.sanity_check and not resume:
         say(
             sanity_check(
@@ -327,28 +377,43 @@ def fit(
         )
 
     def save(epoch: int, step_in_epoch: int, sums: torch.Tensor | None, name: str | None) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "lookahead": lookahead.state_dict() if lookahead is not None else {},
-            "rng": checkpoint.rng_state(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "elapsed_s": elapsed,
-            "history": json.dumps(history),
-            "config": config.to_dict(),
-            "normalizer": normalizer.state(),
-            "class_names": list(splits.class_names),
-            "version": dawntrain.__version__,
-        }
-        if sums is not None:
-            state["partial"] = sums.detach().cpu()
-        checkpoint.save(ckpt_dir / "last.pt", state)
-        if name:
-            checkpoint.save(ckpt_dir / name, state)
-            glob = config.checkpoint_name.split("{")[0] + "*.pt"
-            checkpoint.prune(ckpt_dir, glob, config.keep_checkpoints)
+        if world.is_main:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "lookahead": lookahead.state_dict() if lookahead is not None else {},
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "world_size": world.size,
+                "elapsed_s": elapsed,
+                "history": json.dumps(history),
+                "config": config.to_dict(),
+                "normalizer": normalizer.state(),
+                "class_names": list(splits.class_names),
+                "version": dawntrain.__version__,
+            }
+            if sums is not None:
+                state["partial"] = sums.detach().cpu()
+            checkpoint.save(ckpt_dir / "last.pt", state)
+            if name:
+                checkpoint.save(ckpt_dir / name, state)
+                glob = config.checkpoint_name.split("{")[0] + "*.pt"
+                checkpoint.prune(ckpt_dir, glob, config.keep_checkpoints)
+        # No rank runs ahead of a checkpoint that it might have to resume from.
+        distributed.barrier()
+
+    def eval_on(images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0) -> dict:
+        return evaluate(
+            model,
+            images[shard],
+            labels[shard],
+            normalizer,
+            config.eval_batch_size,
+            precision,
+            config.channels_last,
+            tta_level=tta_level,
+        )
 
     aug = config.crop_padding > 0 or config.flip
     total_steps = steps * config.epochs
@@ -376,18 +441,24 @@ def fit(
             initial=start_step,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             leave=False,
-            disable=config.quiet or not sys.stderr.isatty(),
             file=sys.stderr,
+            disable=config.quiet or not world.is_main or not sys.stderr.isatty(),
         )
         batches = train_batches(
-            train_x, train_y, plan, config.batch_size, config.crop_padding, aug, start_step
+            train_x,
+            train_y,
+            plan,
+            batch,
+            config.crop_padding,
+            aug,
+            start_step,
+            world.rank,
+            world.size,
         )
         for step, (x, y) in enumerate(batches, start=start_step):
             global_step = epoch * steps + step
-            set_lr(
-                optimizer,
-                step_lr(config.convention, schedule(global_step / steps), config.batch_size),
-            )
+            torch.manual_seed(step_seed(config.seed, epoch, step, world.rank))
+            set_lr(optimizer, step_lr(config.convention, schedule(global_step / steps), batch))
             loss, logits = train_step(
                 model,
                 forward,
@@ -397,6 +468,7 @@ def fit(
                 y,
                 precision,
                 config.label_smoothing,
+                grad_scale=world.size,
             )
             if lookahead is not None:
                 lookahead.step(global_step + 1, total_steps)
@@ -407,21 +479,18 @@ def fit(
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += len(y)
             bar.update()
-            if (
-                config.checkpoint_every_steps
-                and (step + 1) % config.checkpoint_every_steps == 0
-                and step + 1 < steps
-            ):
+            every = config.checkpoint_every_steps
+            if every and (step + 1) % every == 0 and step + 1 < steps:
                 check_finite(sums)
-                save(epoch, step + 1, sums, None)
+                save(epoch, step + 1, sums if world.size == 1 else None, None)
         bar.close()
         start_step = 0
+        distributed.all_reduce_(sums[:3])
+        distributed.all_reduce_(sums[3:], op=distributed.dist.ReduceOp.MAX)
         check_finite(sums)
         synchronize(device)
         train_s = time.perf_counter() - t0
-        val = evaluate(
-            model, val_x, val_y, normalizer, config.eval_batch_size, precision, config.channels_last
-        )
+        val = eval_on(val_x, val_y)
         elapsed += time.perf_counter() - t0
         loss_sum, correct, count, _ = sums.tolist()
         metrics = {
@@ -447,41 +516,29 @@ def fit(
         test_x, test_y = to_dev(splits.test_images), to_dev(splits.test_labels).long()
     if lookahead is not None or splits.test_images is not None or config.tta_level:
         # The final weights differ from the last epoch's (EMA) or the test set is new: evaluate.
-        test = evaluate(
-            model,
-            test_x,
-            test_y,
-            normalizer,
-            config.eval_batch_size,
-            precision,
-            config.channels_last,
-        )
+        test = eval_on(test_x, test_y)
         final.update(test_loss=test["loss"], test_acc=test["acc"])
         line = f"test loss {test['loss']:.4f}  test acc {test['acc']:.4f}"
         if config.tta_level:
-            tta = evaluate(
-                model,
-                test_x,
-                test_y,
-                normalizer,
-                config.eval_batch_size,
-                precision,
-                config.channels_last,
-                tta_level=config.tta_level,
-            )
+            tta = eval_on(test_x, test_y, config.tta_level)
             final.update(test_loss_tta=tta["loss"], test_acc_tta=tta["acc"])
             line += f"  with TTA (level {config.tta_level}) {tta['acc']:.4f}"
         say(line)
+        if lookahead is not None:
+            save(config.epochs, 0, None, None)  # last.pt holds the weights that were evaluated
     summary = {
         "final": final,
-        "wall_s": round(time.perf_counter() - t_run, 3),
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "data_s": round(data_s, 3),
+        "train_wall_s": round(time.perf_counter() - t_run, 3),
         "train_images": n_train,
         "epochs": config.epochs,
         "environment": env,
     }
-    checkpoint.atomic_write(
-        out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode())
-    )
+    if world.is_main:
+        checkpoint.atomic_write(
+            out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode())
+        )
     say(f"run written to {out}")
     return {**final, "out": str(out)}
 

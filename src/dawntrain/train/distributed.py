@@ -1,0 +1,135 @@
+"""torch.distributed under torchrun: one process per device, the same code path as one process.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them a run is a world of one and nothing
+here touches torch.distributed. NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
+from torch import nn
+
+from dawntrain.errors import ConfigError, DawntrainError
+from dawntrain.train.device import resolve_device
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+class RankLost(DawntrainError):
+    """Another rank died or stopped answering."""
+
+
+def setup(device: str = "auto", timeout_s: float = 300.0) -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(device=resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
+                "start at most one process per GPU (--nproc_per_node)"
+            )
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return World(rank, size, local_rank, dev)
+
+
+def cleanup(world: World) -> None:
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class CrossRankBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch for any backend (torch's SyncBatchNorm needs CUDA).
+
+    Two all-reduces with autograd (mean, then the centred second moment) give the same statistics
+    one process computes on the whole batch, without the cancellation of E[x²] − E[x]².
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        total = dist_nn.all_reduce(torch.cat([xf.sum((0, 2, 3)), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = dist_nn.all_reduce((centred * centred).sum((0, 2, 3))) / n
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+            self.num_batches_tracked += 1
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm2d layers → torch's SyncBatchNorm on CUDA, CrossRankBatchNorm elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            bn = CrossRankBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            bn.load_state_dict(child.state_dict())
+            if child.affine:
+                bn.weight.requires_grad_(child.weight.requires_grad)
+                bn.bias.requires_grad_(child.bias.requires_grad)
+            setattr(model, name, bn)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model

@@ -1,0 +1,172 @@
+"""torch.distributed with 2 gloo processes on the CPU, against one process with the same batch."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dawntrain.train.checkpoint import load
+
+TINY = [
+    "--set",
+    "width=4",
+    "--set",
+    "dropout=0",
+    "--set",
+    "sanity_check=false",
+    "--precision",
+    "fp32",
+    "--batch-size",
+    "32",
+    "--quiet",
+]
+
+
+def image_folder(root: Path, per_class: int = 24, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", per_class // 3)):
+        for label in range(3):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = rng.integers(0, 120, (size, size, 3)) + 60 * label
+                Image.fromarray(base.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], world: int, port: int, cache: Path) -> list[subprocess.Popen]:
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "DAWNTRAIN_DATA": str(cache),
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dawntrain", "train", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def run_single(args: list[str], cache: Path) -> None:
+    env = {**os.environ, "DAWNTRAIN_DATA": str(cache)}
+    env.pop("WORLD_SIZE", None)
+    subprocess.run(
+        [sys.executable, "-m", "dawntrain", "train", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def relative_difference(a: dict, b: dict) -> float:
+    worst = 0.0
+    for k, v in a.items():
+        if v.is_floating_point():
+            worst = max(worst, ((v - b[k]).norm() / (v.norm() + 1e-12)).item())
+    return worst
+
+
+def test_two_ranks_with_sync_bn_match_one_process(tmp_path):
+    data = image_folder(tmp_path / "data")
+    common = ["--data", str(data), "--epochs", "1", *TINY]
+    run_single([*common, "--out", str(tmp_path / "single")], tmp_path / "cache")
+    procs = launch(
+        [*common, "--set", "sync_bn=true", "--out", str(tmp_path / "ddp")],
+        2,
+        free_port(),
+        tmp_path / "cache",
+    )
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    single = load(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
+    ddp = load(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    assert relative_difference(single, ddp) < 1e-5
+    # Only rank 0 wrote the run directory, once.
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_without_sync_bn_ranks_still_train_and_resume_at_another_world_size(tmp_path):
+    data = image_folder(tmp_path / "data")
+    common = ["--data", str(data), *TINY]
+    procs = launch(
+        [*common, "--epochs", "2", "--out", str(tmp_path / "ddp")],
+        2,
+        free_port(),
+        tmp_path / "cache",
+    )
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    state = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # The same run continued by one process for a third epoch.
+    run_single(
+        [*common, "--epochs", "3", "--out", str(tmp_path / "ddp"), "--resume", "last"],
+        tmp_path / "cache",
+    )
+    assert load(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+def test_killing_one_rank_ends_the_other_with_a_clear_error(tmp_path):
+    data = image_folder(tmp_path / "data", per_class=64)
+    procs = launch(
+        [
+            "--data",
+            str(data),
+            "--epochs",
+            "50",
+            *TINY,
+            "--set",
+            "dist_timeout_s=30",
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        2,
+        free_port(),
+        tmp_path / "cache",
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "ddp" / "checkpoints" / "last.pt").exists():
+        assert time.time() < deadline, procs[0].stderr.read() if procs[0].poll() else "no start"
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    start = time.time()
+    _, err = procs[0].communicate(timeout=90)
+    assert procs[0].returncode == 2, err
+    assert "another rank stopped" in err and time.time() - start < 60
+    procs[1].wait()
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_world(monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
