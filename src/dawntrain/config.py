@@ -62,6 +62,9 @@ class Config:
     lr_milestones: list[float] = field(default_factory=list)  # staircase
     lr_factor: float = 0.1  # staircase
     momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd | muon (Muon for conv filters, SGD for the rest)
+    muon_lr: float = 0.24  # Muon's peak lr (the schedule's shape, scaled to this peak)
+    muon_momentum: float = 0.6
     nesterov: bool = True
     weight_decay: float = 5e-4
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
@@ -90,12 +93,13 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
-    "model": ("davidnet", "fast", "preact_resnet", "davidnet64"),
+    "model": ("davidnet", "davidnet64", "fast", "preact_resnet"),
     "normalize": ("dataset", "samplewise"),
     "lr_schedule": ("one_cycle", "staircase"),
     "convention": ("original", "per_example"),
     "on_nonfinite": ("stop", "skip-step"),
     "batch_scope": ("global", "per_rank"),
+    "optimizer": ("sgd", "muon"),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

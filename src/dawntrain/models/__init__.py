@@ -16,6 +16,8 @@ def build_model(
 ) -> nn.Module:
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
+    elif name == "davidnet64":
+        model = DavidNet(c=width, dropout=dropout, num_classes=num_classes, stem_pool=True)
     elif name == "fast":
         model = FastNet(widths=(width, 4 * width, 4 * width), num_classes=num_classes)
     elif name == "preact_resnet":

@@ -57,10 +57,20 @@ class DavidNet(nn.Module):
     """Returns logits. c=64 gives the original 6,573,120 trainable parameters."""
 
     def __init__(
-        self, c: int = 64, weight: float = 0.125, dropout: float = 0.05, num_classes: int = 10
+        self,
+        c: int = 64,
+        weight: float = 0.125,
+        dropout: float = 0.05,
+        num_classes: int = 10,
+        stem_pool: bool = False,
     ):
         super().__init__()
-        self.prep = ConvBN(3, c, dropout)
+        # stem_pool halves the input after the first ConvBN: DavidNet's 32x32 budget for 64x64 inputs.
+        self.prep = (
+            nn.Sequential(ConvBN(3, c, dropout), nn.MaxPool2d(2))
+            if stem_pool
+            else ConvBN(3, c, dropout)
+        )
         self.blk1 = ResBlk(c, 2 * c, res=True, dropout=dropout)
         self.blk2 = ResBlk(2 * c, 4 * c, res=False, dropout=dropout)
         self.blk3 = ResBlk(4 * c, 8 * c, res=True, dropout=dropout)

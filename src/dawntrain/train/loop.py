@@ -44,7 +44,7 @@ from dawntrain.train.device import (
 )
 from dawntrain.train.log import MetricsLog
 from dawntrain.train.lookahead import Lookahead
-from dawntrain.train.optim import freeze_group, make_sgd, set_lr, step_lr
+from dawntrain.train.optim import freeze_group, make_optimizer, set_lr, step_lr
 from dawntrain.train.schedules import Staircase, one_cycle
 
 # Config keys that may differ between a checkpoint and the run that resumes it.
@@ -314,9 +314,7 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
         # Whitening filters from (up to) 5,000 training images, identically on every resume.
         subset = train_x[torch.randperm(n_train, generator=generator(config.seed, 0, 3))[:5000]]
         model.init_from_data(normalizer(subset, config.channels_last))
-    optimizer = make_sgd(
-        model, config.momentum, config.nesterov, config.weight_decay, batch, config.bias_lr_scale
-    )
+    optimizer = make_optimizer(model, config, batch)
     lookahead = Lookahead(model) if config.lookahead else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = make_schedule(config)

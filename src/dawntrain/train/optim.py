@@ -83,3 +83,38 @@ def freeze_group(optimizer: torch.optim.Optimizer, name: str) -> None:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def make_optimizer(model: nn.Module, config, batch_size: int) -> torch.optim.Optimizer:
+    """SGD as the config says, or Muon for conv filters (config.optimizer == "muon") with
+    SGD for the rest; the Muon group follows the same schedule, scaled to peak at muon_lr."""
+    if config.optimizer == "sgd":
+        return make_sgd(
+            model,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+            batch_size,
+            config.bias_lr_scale,
+        )
+    from dawntrain.train.muon import MuonSGD
+
+    groups = param_groups(model, config.bias_lr_scale)
+    wd = step_weight_decay(config.weight_decay, batch_size)
+    out = []
+    for group in groups:
+        filters = [p for p in group["params"] if p.ndim == 4] if group["name"] == "weights" else []
+        rest = [p for p in group["params"] if not any(p is f for f in filters)]
+        if filters:
+            out.append(
+                {
+                    "name": "filters",
+                    "params": filters,
+                    "muon": True,
+                    "momentum": config.muon_momentum,
+                    "lr_scale": config.muon_lr / config.lr,
+                }
+            )
+        if rest:
+            out.append({**group, "params": rest, "weight_decay": wd * group["wd_scale"]})
+    return MuonSGD(out, momentum=config.momentum, nesterov=config.nesterov)

@@ -1,0 +1,58 @@
+import torch
+
+from dawntrain.config import resolve
+from dawntrain.models import build_model
+from dawntrain.train.muon import MuonSGD, orthogonalize
+from dawntrain.train.optim import make_optimizer, set_lr
+
+
+def test_orthogonalize_keeps_singular_vectors_and_flattens_singular_values():
+    torch.manual_seed(0)
+    for shape in [(16, 48), (48, 16)]:
+        g = torch.randn(*shape, dtype=torch.float64)
+        u, _, vt = torch.linalg.svd(g, full_matrices=False)
+        o = orthogonalize(g).double()
+        s = torch.linalg.svdvals(o)
+        assert s.min() > 0.6 and s.max() < 1.25
+        # Same singular subspaces: o ≈ U diag(s') Vᵀ, so Uᵀ o V is diagonal.
+        core = u.T @ o @ vt.T
+        off = core - torch.diag(torch.diagonal(core))
+        assert off.abs().max() < 1e-6 * core.abs().max() + 1e-3
+
+
+def test_sgd_groups_match_torch_sgd_and_muon_keeps_filter_norms():
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    bias = torch.nn.Parameter(torch.randn(8))
+    ref_bias = bias.detach().clone().requires_grad_(True)
+    opt = MuonSGD(
+        [
+            {"params": [conv.weight], "muon": True, "momentum": 0.6},
+            {"params": [bias], "weight_decay": 0.1},
+        ],
+        momentum=0.85,
+        nesterov=True,
+    )
+    ref = torch.optim.SGD([ref_bias], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.1)
+    for group in opt.param_groups:
+        group["lr"] = 0.05
+    for _ in range(3):
+        g = torch.randn(8)
+        bias.grad, ref_bias.grad = g.clone(), g.clone()
+        conv.weight.grad = torch.randn_like(conv.weight)
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(bias, ref_bias)
+    # Muon renormalizes each filter bank to √out before its (unit-scale) step.
+    assert abs(conv.weight.norm().item() - 8**0.5) < 0.2
+
+
+def test_make_optimizer_puts_conv_filters_in_the_muon_group():
+    cfg = resolve("fast", sets=["optimizer=muon", "width=8"])
+    model = build_model("fast", 10, 8)
+    opt = make_optimizer(model, cfg, 64)
+    names = {g["name"]: g for g in opt.param_groups}
+    assert names["filters"]["muon"] and all(p.ndim == 4 for p in names["filters"]["params"])
+    assert model.head.weight in names["weights"]["params"]
+    set_lr(opt, cfg.lr)
+    assert abs(names["filters"]["lr"] - cfg.muon_lr) < 1e-12
