@@ -107,7 +107,12 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     cfg = _resolve(args)
     variants = throughput.default_variants(compile_too=args.compile)
     result = throughput.run(
-        cfg, steps=args.steps, warmup=args.warmup, variants=variants, image_size=args.image_size
+        cfg,
+        steps=args.steps,
+        warmup=args.warmup,
+        variants=variants,
+        image_size=args.image_size,
+        peak_size=args.peak_size,
     )
     path = _write_result(args.results, f"throughput-{cfg.preset}-b{cfg.batch_size}", result)
     if args.json:
@@ -115,6 +120,18 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     else:
         print(throughput.format_table(result))
         print(f"written to {path}")
+    return 0
+
+
+def cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    from dawntrain.bench import accuracy
+
+    cfg = _resolve(args)
+    out = args.out or Path("runs") / f"bench-accuracy-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = accuracy.run(cfg, args.runs, out, target=args.target)
+    path = _write_result(args.results, f"accuracy-{cfg.preset}", result)
+    print(json.dumps(result) if args.json else accuracy.format_summary(result))
+    print(f"written to {path}")
     return 0
 
 
@@ -168,10 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--peak-size", type=int, default=4096, help="n of the n³ matmul peak")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd engine")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.set_defaults(func=cmd_bench_throughput)
+    p = bench_sub.add_parser("accuracy", help="test accuracy over N seeds, with wall time per run")
+    _add_config_options(p)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--target", type=float, help="report the first epoch reaching this accuracy")
+    p.add_argument("--out", type=Path, help="directory for the runs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.set_defaults(func=cmd_bench_accuracy)
     return parser
 
 

@@ -138,15 +138,16 @@ def run(
     warmup: int = 3,
     variants: list[Variant] | None = None,
     image_size: int = 32,
+    peak_size: int = 4096,
 ) -> dict[str, Any]:
     device = resolve_device(config.device)
     rows = [
         measure(config, v, steps, warmup, image_size=image_size)
         for v in variants or default_variants()
     ]
-    peaks = {"fp32": round(matmul_peak_gflops(torch.float32, device), 1)}
+    peaks = {"fp32": round(matmul_peak_gflops(torch.float32, device, peak_size), 1)}
     if resolve_precision("auto", device) != "fp32":
-        peaks["bf16"] = round(matmul_peak_gflops(torch.bfloat16, device), 1)
+        peaks["bf16"] = round(matmul_peak_gflops(torch.bfloat16, device, peak_size), 1)
     ref = rows[0]["images_per_s"]
     for row in rows:
         row["ratio"] = round(row["images_per_s"] / ref, 3)
@@ -164,6 +165,7 @@ def run(
         ),
         "rows": rows,
         "peak_gflops": peaks,
+        "peak_size": peak_size,
         "config": {
             k: v
             for k, v in dataclasses.asdict(config).items()
@@ -184,5 +186,5 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['images_per_s']:>10.1f}{r['ratio']:>7.2f}{r['gflops']:>9.1f}{r['fraction_of_peak']:>8.0%}"
         )
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
-    lines.append(f"matmul peak GFLOP/s (4096³, same run): {peaks}")
+    lines.append(f"matmul peak GFLOP/s ({result['peak_size']}³, same run): {peaks}")
     return "\n".join(lines)

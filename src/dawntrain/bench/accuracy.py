@@ -1,0 +1,96 @@
+"""Accuracy over seeds: N full training runs of a preset, summarized.
+
+Data preparation (decode, cache) is timed once, separately from the runs' own wall time, which
+starts with the data already decoded, as a second run of the tool would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from dawntrain.config import Config
+from dawntrain.data import load
+from dawntrain.train.loop import fit
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -> dict[str, Any]:
+    t = time.perf_counter()
+    dataset = load(config.data)
+    data_s = time.perf_counter() - t
+    results = []
+    for i in range(runs):
+        cfg = dataclasses.replace(
+            config, seed=config.seed + i, out=str(out_dir / f"seed{config.seed + i}"), quiet=True
+        )
+        t = time.perf_counter()
+        final = fit(cfg, dataset=dataset)
+        wall = time.perf_counter() - t
+        history = [
+            json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
+        ]
+        reached = next((m["epoch"] for m in history if target and m["val_acc"] >= target), None)
+        results.append(
+            {
+                "seed": cfg.seed,
+                "test_acc": final.get("test_acc", final.get("val_acc")),
+                "test_acc_tta": final.get("test_acc_tta"),
+                "wall_s": round(wall, 1),
+                "first_epoch_at_target": reached,
+            }
+        )
+        print(
+            f"seed {cfg.seed}: test acc {results[-1]['test_acc']:.4f}"
+            + (
+                f", with TTA {results[-1]['test_acc_tta']:.4f}"
+                if results[-1]["test_acc_tta"]
+                else ""
+            )
+            + f", {wall:.0f} s",
+            flush=True,
+        )
+    summary = {
+        "preset": config.preset,
+        "data": config.data,
+        "runs": runs,
+        "data_preparation_s": round(data_s, 1),
+        "test_acc": _stats([r["test_acc"] for r in results]),
+        "wall_s": _stats([r["wall_s"] for r in results]),
+        "target": target,
+        "results": results,
+        "config": config.to_dict(),
+    }
+    if all(r["test_acc_tta"] is not None for r in results):
+        summary["test_acc_tta"] = _stats([r["test_acc_tta"] for r in results])
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def line(name: str, st: dict[str, float], fmt: str = "{:.4f}") -> str:
+        return f"{name:<16}" + "  ".join(f"{k} {fmt.format(v)}" for k, v in st.items())
+
+    lines = [
+        f"{s['preset']} on {s['data']}, {s['runs']} runs (data preparation {s['data_preparation_s']} s, once)"
+    ]
+    lines.append(line("test acc", s["test_acc"]))
+    if "test_acc_tta" in s:
+        lines.append(line("test acc (TTA)", s["test_acc_tta"]))
+    lines.append(line("wall s/run", s["wall_s"], "{:.0f}"))
+    if s["target"]:
+        lines.append(
+            f"first epoch at {s['target']}: {[r['first_epoch_at_target'] for r in s['results']]}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""The benchmark commands produce their documented JSON (on tiny settings; no timing asserted)."""
+
+import json
+
+import pytest
+
+from dawntrain.cli import main
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAWNTRAIN_DATA", str(tmp_path / "cache"))
+
+
+def test_bench_throughput_json(tmp_path, capsys):
+    args = [
+        "bench",
+        "throughput",
+        "--set",
+        "width=4",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        "--results",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == "davidnet" and result["batch_size"] == 8
+    names = [r["name"] for r in result["rows"]]
+    assert names[:2] == ["reference", "engine"]
+    for row in result["rows"]:
+        assert set(row) >= {"name", "images_per_s", "gflops", "precision", "layout", "compiled"}
+        assert row["images_per_s"] > 0
+    assert result["rows"][0]["precision"] == "fp32" and result["rows"][0]["layout"] == "NCHW"
+    assert "fp32" in result["peak_gflops"]
+    assert len(list(tmp_path.glob("throughput-*.json"))) == 1
+
+
+def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
+    args = [
+        "bench",
+        "accuracy",
+        "--data",
+        "sample",
+        "--runs",
+        "2",
+        "--epochs",
+        "1",
+        "--set",
+        "width=4",
+        "--set",
+        "sanity_check=false",
+        "--batch-size",
+        "500",
+        "--target",
+        "0.05",
+        "--out",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("accuracy-*.json")).read_text())
+    assert result["runs"] == 2 and [r["seed"] for r in result["results"]] == [0, 1]
+    assert 0 <= result["test_acc"]["min"] <= result["test_acc"]["mean"] <= result["test_acc"]["max"]
+    assert result["results"][0]["first_epoch_at_target"] == 1
