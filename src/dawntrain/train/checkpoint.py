@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 import torch
 
 from dawntrain.errors import CheckpointError
+
+# mkstemp creates files 0600; written files get what open() would give them: 0666 minus umask.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -27,6 +32,7 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -34,7 +40,7 @@ def atomic_write(path: Path, write) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CheckpointError(
                 f"disk full while writing {path}; the previous file is intact, free space and resume"
             ) from e
@@ -48,7 +54,11 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    # Serialize in memory first: torch.save turns a failing write (a full disk) into a RuntimeError
+    # without its errno, and a plain write keeps the OSError that atomic_write reports.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
