@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from dawntrain.errors import DawntrainError
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="davidnet", help="named preset (see `dawntrain presets`)")
+    p.add_argument("--preset", help="named preset (see `dawntrain presets`; default davidnet)")
     p.add_argument(
         "--config", type=Path, help="a TOML file of config keys, applied after the preset"
     )
@@ -33,7 +35,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
 
 
-def _resolve(args: argparse.Namespace, **extra):
+def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
     from dawntrain import config
 
     overrides = {
@@ -45,18 +47,38 @@ def _resolve(args: argparse.Namespace, **extra):
         "precision": args.precision,
         **extra,
     }
-    return config.resolve(args.preset, args.config, args.set, overrides)
+    return config.resolve(args.preset or "davidnet", args.config, args.set, overrides, base)
+
+
+def _resumed_run(args: argparse.Namespace) -> tuple[dict | None, str | None]:
+    """`--resume RUN` without --preset: (the config RUN's checkpoint was trained with, RUN),
+    so that the resume command needs no other option."""
+    from dawntrain.errors import ConfigError
+    from dawntrain.train import checkpoint
+
+    if not args.resume or args.preset is not None:
+        return None, None
+    if args.resume == "last" and not args.out:
+        raise ConfigError("--resume last needs --out RUN (or name the run: --resume RUN)")
+    path = checkpoint.resolve_resume(args.resume, args.out or Path("."))
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return checkpoint.load(path)["config"], str(run)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dawntrain.train import fit
 
+    base, run = _resumed_run(args)
     cfg = _resolve(
         args,
-        out=str(args.out) if args.out else None,
+        base=base,
+        out=str(args.out) if args.out else run,
         quiet=True if args.quiet else None,
         compile=True if args.compile else None,
         sanity_check=False if args.no_sanity_check else None,
+        resize=True if args.resize else None,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        on_nonfinite=args.on_nonfinite,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
@@ -142,6 +164,108 @@ def _write_result(directory: Path, stem: str, result: dict) -> Path:
     return path
 
 
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from dawntrain.data.convert import convert
+
+    manifest = convert(
+        args.src,
+        args.out,
+        shards=args.shards,
+        shard_size=args.shard_size,
+        compression=args.compression,
+        layout=args.layout,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    for split, shards in manifest["splits"].items():
+        size = sum((args.out / s["file"]).stat().st_size for s in shards)
+        records = sum(s["records"] for s in shards)
+        unlabelled = " (unlabelled)" if split in manifest["unlabelled"] else ""
+        print(
+            f"{split}: {records} records in {len(shards)} shard(s), {size / 1e6:.1f} MB{unlabelled}"
+        )
+    for note in manifest["notes"]:
+        print(f"note: {note}")
+    print(
+        f"wrote {args.out / 'manifest.json'} ({manifest['layout']} layout, {len(manifest['classes'])} classes)"
+    )
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from dawntrain.data.convert import first_bad_message, format_inspection, inspect
+    from dawntrain.errors import RecordError
+
+    report = inspect(args.paths, split=args.split, verify=args.verify)
+    print(format_inspection(report), flush=True)
+    bad = first_bad_message(report)
+    if bad:
+        raise RecordError(bad)
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from dawntrain.bench import data
+
+    result = data.run(args.cifar, args.tiny, workers=args.workers)
+    path = _write_result(args.results, "data", result)
+    print(json.dumps(result) if args.json else data.format_table(result))
+    print(f"written to {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dawntrain.analysis import plots
+
+    if args.plot == "curves":
+        path = plots.plot_curves(args.run, args.out)
+    elif args.plot == "confusion":
+        path = plots.plot_confusion(args.run, args.out, args.data, args.device or "auto")
+    elif args.plot == "lr":
+        cfg = _resolve(args)
+        path = plots.plot_lr(cfg, args.out or Path(f"lr-{cfg.preset}.png"), args.n_train)
+    else:
+        cfg = _resolve(args)
+        path = plots.plot_samples(cfg.data, cfg, args.n, args.out)
+    print(f"written to {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dawntrain.analysis.report import write_report
+
+    print(f"written to {write_report(args.run, args.data, args.device or 'auto')}")
+    return 0
+
+
+def cmd_probe_lr(args: argparse.Namespace) -> int:
+    from dawntrain.analysis.probe import format_probe, probe_lr
+    from dawntrain.train import checkpoint
+
+    # A checkpoint alone: probe with the config it was trained with.
+    own = args.checkpoint and args.preset is None and args.config is None
+    cfg = _resolve(args, base=checkpoint.load(args.checkpoint)["config"] if own else None)
+    result = probe_lr(cfg, args.checkpoint, args.batches)
+    print(json.dumps(result) if args.json else format_probe(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dawntrain.train.predict import format_predictions, predict
+
+    results = predict(args.checkpoint, args.images, args.top_k, args.tta, args.device or "auto")
+    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dawntrain.train.export import export
+
+    model, sidecar = export(args.checkpoint, args.format, args.out)
+    print(f"written to {model} and {sidecar}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dawntrain", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -161,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.add_argument("--no-sanity-check", action="store_true", help="skip the untrained-model check")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    p.add_argument(
+        "--checkpoint-every-steps", type=int, metavar="N", help="also save inside epochs"
+    )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=["stop", "skip-step"],
+        help="on a NaN/Inf loss: stop (default) or skip that optimizer step",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("presets", help="list the named presets")
@@ -198,18 +331,118 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.set_defaults(func=cmd_bench_accuracy)
+    p = bench_sub.add_parser("data", help="record shards vs image folders: convert, size, decode")
+    p.add_argument("--cifar", type=Path, help="a CIFAR-10 image folder or its archive")
+    p.add_argument("--tiny", type=Path, help="a Tiny ImageNet folder or its archive")
+    p.add_argument("--workers", type=int, default=2, help="processes for every step")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.set_defaults(func=cmd_bench_data)
+    data = sub.add_parser("data", help="convert sources to TFRecord shards; inspect record files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "convert", help="write any source as <split>-0000i-of-0000N.tfrecord[.gz] + manifest.json"
+    )
+    p.add_argument(
+        "src", help="cifar10 | sample | tiny-imagenet | a path (archive, folder, records)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new directory for the shards")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shards", type=int, help="train shards (default 10, more past ~100 MB)")
+    group.add_argument("--shard-size", type=int, help="records per shard, in every split")
+    p.add_argument("--compression", choices=["gzip", "zlib", "none"], default="gzip")
+    p.add_argument("--layout", choices=["image", "seed"], default="image", help="record layout")
+    p.add_argument("--workers", type=int, default=2, help="processes checking and writing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_convert)
+    p = data_sub.add_parser("inspect", help="record count, features, labels; --verify every record")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="converted directory, glob or file")
+    p.add_argument("--split", help="only this split")
+    p.add_argument("--verify", action="store_true", help="check every CRC, decode every image")
+    p.set_defaults(func=cmd_data_inspect)
+    plot = sub.add_parser("plot", help="figures of a run or a recipe, saved as PNG")
+    plot_sub = plot.add_subparsers(dest="plot", required=True)
+    p = plot_sub.add_parser("curves", help="loss, accuracy, lr per epoch (RUN/curves.png)")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    p.add_argument("--out", type=Path, help="default RUN/curves.png")
+    p.set_defaults(func=cmd_plot)
+    p = plot_sub.add_parser("confusion", help="confusion matrix, per-class accuracy of last.pt")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    p.add_argument("--out", type=Path, help="default RUN/confusion.png")
+    p.add_argument("--data", help="test on this source instead of the run's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_plot)
+    p = plot_sub.add_parser("lr", help="a recipe's lr schedule at step resolution")
+    _add_config_options(p)
+    p.add_argument("--n-train", type=int, help="training images (known for built-in sources)")
+    p.add_argument("--out", type=Path, help="default lr-<preset>.png")
+    p.set_defaults(func=cmd_plot)
+    p = plot_sub.add_parser("samples", help="training images as the pipeline feeds them")
+    _add_config_options(p)
+    p.add_argument("--n", type=int, default=16, help="images in the grid")
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("report", help="write RUN/report.html: one self-contained page")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    p.add_argument("--data", help="test on this source instead of the run's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("probe-lr", help="the locally best step α* beside the schedule's lr")
+    _add_config_options(p)
+    p.add_argument("--checkpoint", type=Path, help="probe these weights (default: the init)")
+    p.add_argument("--batches", type=int, default=4, help="training batches to probe")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_probe_lr)
+    p = sub.add_parser("predict", help="class probabilities of image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--tta", action="store_true", help="average the run's test-time views")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="weights for use outside dawntrain, plus F.json")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--format", choices=["safetensors", "onnx", "torchscript"], required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
     return parser
+
+
+def _as_notes(show):
+    """dawntrain's warnings (images converted to RGB, a lock taken over, ...) as one-line notes."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("dawntrain"):
+            print(f"dawntrain: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except DawntrainError as e:
-        if args.debug:
-            raise
-        print(f"dawntrain: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _as_notes(warnings.showwarning)
+        try:
+            return args.func(args)
+        except DawntrainError as e:
+            if args.debug:
+                raise
+            print(f"dawntrain: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            # guard.RunInterrupted: saved a checkpoint on SIGINT/SIGTERM; exit 128 + signal.
+            if str(e):
+                print(f"dawntrain: {e}", file=sys.stderr)
+            return getattr(e, "exit_code", 130)
+        except OSError as e:
+            if args.debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            print(
+                f"dawntrain: error: the disk is full ({e}); free space, then resume with --resume",
+                file=sys.stderr,
+            )
+            return 2

@@ -48,6 +48,8 @@ class Config:
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
     val_from_train: int = 0  # hold out this many training images as the validation set
+    image_size: int = 0  # expected image side; 0: the model's (see guard.MODEL_IMAGE_SIZE)
+    resize: bool = False  # resize images of another size (bilinear) instead of refusing them
     # Optimisation.
     epochs: int = 24
     batch_size: int = 512
@@ -82,6 +84,9 @@ class Config:
     sanity_check: bool = True  # evaluate the untrained model first: accuracy should be chance
     on_nonfinite: str = "stop"  # stop | skip-step
     quiet: bool = False
+    report: bool = True  # write RUN/report.html at the end
+    tensorboard: bool = False  # TensorBoard scalars in RUN/ (needs `pip install tensorboard`)
+    probe_every: int = 0  # log α* and the top Hessian eigenvalue every N epochs (0: never)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,6 +197,8 @@ def validate(config: Config) -> Config:
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),
         (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (config.image_size >= 0, "image_size must be >= 0"),
+        (config.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -204,12 +211,17 @@ def resolve(
     config_file: Path | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """The resolved config for a preset plus a file, `--set` items and explicit flag values."""
+    """The resolved config for a preset plus a file, `--set` items and explicit flag values.
+    `base` (a checkpoint's saved config) replaces the defaults and the preset."""
     known = presets()
-    if preset not in known:
+    if base is not None:
+        config = apply(Config(), base, "the checkpoint's config")
+    elif preset not in known:
         raise ConfigError(f"unknown preset '{preset}'{_suggest(preset, sorted(known))}")
-    config = apply(Config(), {"preset": preset, **load_toml(known[preset])}, f"preset {preset}")
+    else:
+        config = apply(Config(), {"preset": preset, **load_toml(known[preset])}, f"preset {preset}")
     if config_file is not None:
         config = apply(config, load_toml(config_file), str(config_file))
     if sets:

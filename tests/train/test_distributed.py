@@ -27,6 +27,8 @@ TINY = [
     "--batch-size",
     "32",
     "--quiet",
+    "--set",
+    "image_size=16",
 ]
 
 

@@ -60,7 +60,9 @@ class _BankDropoutFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         # The incoming gradient may have any layout (even stride 0): lay it out like the output.
-        return _apply(_dense(grad), ctx.p, ctx.offsets), None, None
+        # Through apply (not _apply) so the backward is itself differentiable: Hessian-vector
+        # products (the curvature probe) differentiate it again with the same mask.
+        return _BankDropoutFn.apply(_dense(grad), ctx.p, ctx.offsets), None, None
 
 
 def bank_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -6,11 +6,14 @@ are read once per epoch. Data lives on the device as uint8; batches are augmente
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +38,7 @@ from dawntrain.data.batches import (
 )
 from dawntrain.errors import CheckpointError, DawntrainError
 from dawntrain.models import build_model
-from dawntrain.train import checkpoint, distributed
+from dawntrain.train import checkpoint, distributed, guard
 from dawntrain.train.device import (
     autocast,
     describe,
@@ -47,6 +50,7 @@ from dawntrain.train.lookahead import Lookahead
 from dawntrain.train.optim import freeze_group, make_optimizer, set_lr, step_lr
 from dawntrain.train.schedules import Staircase, one_cycle
 
+MAX = distributed.dist.ReduceOp.MAX
 # Config keys that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_CHANGES = {
     "out",
@@ -204,17 +208,40 @@ def evaluate(
     return out
 
 
+@torch.no_grad()
 def sanity_check(model, images, labels, normalizer, precision, num_classes, channels_last) -> str:
-    """Evaluate the untrained model on a few batches: its accuracy should be about chance."""
+    """Evaluate the untrained model on a few batches: its accuracy should be about chance.
+
+    BatchNorm uses batch statistics (its running averages are still the init's 0 and 1, which
+    would blow activations up through the residual sums); the model's state is restored after.
+    """
     # A random subset: test sets are often sorted by class, and the first 512 may hold 5 classes.
     pick = torch.randperm(len(labels), generator=generator(0, 0, 5))[:512].to(labels.device)
-    n = len(pick)
-    result = evaluate(model, images[pick], labels[pick], normalizer, 256, precision, channels_last)
+    saved, was_training = copy.deepcopy(model.state_dict()), model.training
+    model.train()
+    for m in model.modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(pick), 256):
+        x, y = images[pick[i : i + 256]], labels[pick[i : i + 256]]
+        with autocast(images.device, precision):
+            logits = model(normalizer(x, channels_last))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.load_state_dict(saved)
+    model.train(was_training)
+    n = max(1, len(pick))
+    acc, loss = correct / n, loss_sum / n
     chance = 1.0 / num_classes
-    message = f"sanity check: untrained accuracy expected ≈ {chance:.4f} (1/{num_classes}), got {result['acc']:.4f}; loss expected ≈ {math.log(num_classes):.3f}, got {result['loss']:.3f}"
+    message = (
+        f"sanity check: untrained accuracy expected ≈ {chance:.4f} (1/{num_classes}), got "
+        f"{acc:.4f}; loss expected ≈ {math.log(num_classes):.3f}, got {loss:.3f}"
+    )
     # Far off chance before training means labels, data or model are broken (or the set is tiny).
-    if abs(result["acc"] - chance) > max(0.1, 3 * math.sqrt(chance * (1 - chance) / n)):
-        message = "WARNING: " + message + " — far from chance: check labels and preprocessing"
+    far = abs(acc - chance) > max(0.1, 3 * math.sqrt(chance * (1 - chance) / n))
+    if far or loss > 3 * math.log(num_classes):
+        message = "WARNING: " + message + " — far from chance: check labels, preprocessing and init"
     return message
 
 
@@ -257,7 +284,9 @@ def fit(
     """
     world = distributed.setup(config.device, config.dist_timeout_s)
     try:
-        return _fit(config, world, resume, dataset, stream or sys.stdout)
+        # `cleanup` releases the run lock and restores signal handlers however _fit ends.
+        with contextlib.ExitStack() as cleanup:
+            return _fit(config, world, resume, dataset, stream or sys.stdout, cleanup)
     except (RuntimeError, OSError) as e:
         # A collective that fails because a peer died should end every rank with one clear line.
         if world.active and not isinstance(e, DawntrainError):
@@ -271,7 +300,7 @@ def fit(
         distributed.cleanup(world)
 
 
-def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
+def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, Any]:
     say = (
         (lambda *a: print(*a, file=stream, flush=True))
         if world.is_main and not config.quiet
@@ -284,8 +313,9 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
     out = Path(config.out) if config.out else default_out(config)
     out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
     ckpt_dir = out / "checkpoints"
+    cleanup.enter_context(guard.run_lock(out, world))  # one run at a time writes `out`
 
-    dataset = dataset if dataset is not None else load_data(config.data)
+    dataset = guard.checked_dataset(config, dataset)
     splits = make_splits(config, dataset)
     num_classes = len(splits.class_names)
     batch = config.batch_size * (world.size if config.batch_scope == "per_rank" else 1)
@@ -330,12 +360,13 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
     partial = None
     if resume:
         state = checkpoint.load(checkpoint.resolve_resume(resume, out), map_location=device)
-        differs = checkpoint.config_differences(
-            state["config"], config.to_dict(), RESUMABLE_CHANGES
-        )
+        # Keys added since the checkpoint was written count as their defaults.
+        saved = {**Config().to_dict(), **state["config"]}
+        differs = checkpoint.config_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
         if differs:
             raise CheckpointError(
-                "the checkpoint belongs to another config:\n  " + "\n  ".join(differs)
+                f"the checkpoint belongs to another config ({'; '.join(differs)}); resume "
+                "with its own config: `dawntrain train --resume RUN` and no other config option"
             )
         if state["step_in_epoch"] and state.get("world_size", 1) != world.size:
             raise CheckpointError(
@@ -350,16 +381,23 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         elapsed, history = state["elapsed_s"], json.loads(state["history"])
         partial = state.get("partial") if world.size == 1 else None
+        if partial is not None and len(partial) == 4:  # written before the skipped-step count
+            partial = torch.cat([partial[:3], partial.new_zeros(1), partial[3:]])
         say(f"resuming from epoch {start_epoch} step {start_step} of {out}")
 
     log = MetricsLog(None, quiet=True)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(config.to_toml())
+        write_atomic(out / "config.toml", config.to_toml())
         metrics_path = out / "metrics.jsonl"
         # Rewrite the log from the checkpoint, so epochs run after it (lost in a crash) vanish.
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
         log = MetricsLog(metrics_path, quiet=config.quiet, stream=stream)
+    # analysis imports the loop's helpers, so it is imported here, not at the top.
+    from dawntrain.analysis.probe import probe_during_training
+    from dawntrain.analysis.report import TensorBoardLogger, write_report
+
+    tb = TensorBoardLogger(out, config) if config.tensorboard and world.is_main else None
     env = {**environment(device, precision), "world_size": world.size}
     say(
         f"{config.preset}: {n_train} training images, {len(val_y)} validation, "
@@ -389,6 +427,7 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
                 "config": config.to_dict(),
                 "normalizer": normalizer.state(),
                 "class_names": list(splits.class_names),
+                "image_size": list(splits.train_images.shape[1:3]),
                 "version": dawntrain.__version__,
             }
             if sums is not None:
@@ -415,6 +454,8 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
 
     aug = config.crop_padding > 0 or config.flip
     total_steps = steps * config.epochs
+    skipper = guard.SkipNonFinite(model, optimizer) if config.on_nonfinite == "skip-step" else None
+    stop = cleanup.enter_context(guard.StopSignals(world))  # Ctrl-C: finish the step, save, exit
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -430,8 +471,8 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
         )
         if 0 < config.whiten_bias_epochs <= epoch:
             freeze_group(optimizer, "whiten_bias")
-        # loss sum, correct, examples, first step with a non-finite loss (-1: none)
-        sums = torch.tensor([0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
+        # loss sum, correct, examples (of finite steps), non-finite steps, the first one (-1: none)
+        sums = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
         if partial is not None:
             sums, partial = partial.to(device), None
         bar = tqdm(
@@ -457,6 +498,8 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
             global_step = epoch * steps + step
             torch.manual_seed(step_seed(config.seed, epoch, step, world.rank))
             set_lr(optimizer, step_lr(config.convention, schedule(global_step / steps), batch))
+            if skipper is not None:
+                skipper.save()
             loss, logits = train_step(
                 model,
                 forward,
@@ -468,29 +511,41 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
                 config.label_smoothing,
                 grad_scale=world.size,
             )
+            with torch.no_grad():
+                bad = ~torch.isfinite(loss)
+                if skipper is not None:
+                    if world.active:  # every rank skips when any rank's loss is not finite
+                        bad = distributed.all_reduce_(bad.float(), MAX) > 0
+                    skipper.undo_if(bad)
             if lookahead is not None:
                 lookahead.step(global_step + 1, total_steps)
             with torch.no_grad():
-                bad = ~torch.isfinite(loss)
-                sums[3] = torch.where(bad & (sums[3] < 0), float(global_step), sums[3])
-                sums[0] += loss.detach()
-                sums[1] += (logits.argmax(1) == y).sum()
-                sums[2] += len(y)
+                sums[4] = torch.where(bad & (sums[4] < 0), float(global_step), sums[4])
+                sums[3] += bad
+                sums[0] += torch.where(bad, 0.0, loss.detach())
+                sums[1] += (~bad) * (logits.argmax(1) == y).sum()
+                sums[2] += (~bad) * len(y)
             bar.update()
             every = config.checkpoint_every_steps
-            if every and (step + 1) % every == 0 and step + 1 < steps:
-                check_finite(sums)
+            at_checkpoint = bool(every) and (step + 1) % every == 0
+            stopping = stop.should_stop(at_checkpoint)
+            if (at_checkpoint or stopping) and step + 1 < steps:
+                if config.on_nonfinite == "stop":
+                    check_finite(sums, steps)
                 save(epoch, step + 1, sums if world.size == 1 else None, None)
+                if stopping:
+                    bar.close()
+                    raise stop.interrupted(out, epoch, step + 1, steps)
         bar.close()
         start_step = 0
         distributed.all_reduce_(sums[:3])
-        distributed.all_reduce_(sums[3:], op=distributed.dist.ReduceOp.MAX)
-        check_finite(sums)
+        distributed.all_reduce_(sums[3:], op=MAX)
+        check_finite(sums, steps, config.on_nonfinite)
         synchronize(device)
         train_s = time.perf_counter() - t0
         val = eval_on(val_x, val_y)
         elapsed += time.perf_counter() - t0
-        loss_sum, correct, count, _ = sums.tolist()
+        loss_sum, correct, count, skipped, _ = sums.tolist()
         metrics = {
             "epoch": epoch + 1,
             "lr": round(schedule(epoch + 1), 6),
@@ -502,9 +557,29 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
             "epoch_s": round(time.perf_counter() - t0, 3),
             "elapsed_s": round(elapsed, 3),
         }
+        if skipper is not None:
+            metrics["skipped_steps"] = int(skipped)
+        if config.probe_every and (epoch + 1) % config.probe_every == 0 and world.is_main:
+            # A fixed, unaugmented batch, so the curvature curve compares epoch to epoch.
+            metrics.update(
+                probe_during_training(
+                    model,
+                    lambda z, t: loss_fn(model, z, t, config.label_smoothing),
+                    normalizer(train_x[:batch], config.channels_last),
+                    train_y[:batch],
+                    config.convention,
+                )
+            )
         history.append(metrics)
         log.write(metrics)
+        if tb is not None:
+            tb.log(metrics)
         save(epoch + 1, 0, None, config.checkpoint_name.format(epoch=epoch + 1))
+        if stop.should_stop(True) and epoch + 1 < config.epochs:
+            raise stop.interrupted(out, epoch + 1, 0, steps)
+    stop.restore()
+    if tb is not None:
+        tb.close()
 
     final = dict(history[-1]) if history else {}
     if lookahead is not None:
@@ -537,14 +612,32 @@ def _fit(config: Config, world, resume, dataset, stream) -> dict[str, Any]:
         checkpoint.atomic_write(
             out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode())
         )
+        if config.report:
+            try:
+                write_report(out, data=dataset, device=str(device))
+            except Exception as e:  # a figure that fails must not fail a finished run
+                warnings.warn(f"could not write {out / 'report.html'}: {e}", stacklevel=1)
     say(f"run written to {out}")
     return {**final, "out": str(out)}
 
 
-def check_finite(sums: torch.Tensor) -> None:
-    first_bad = sums[3].item()
-    if first_bad >= 0:
+def write_atomic(path: Path, text: str) -> None:
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def check_finite(sums: torch.Tensor, steps: int, on_nonfinite: str = "stop") -> None:
+    """Raise NonFiniteLoss for a non-finite loss (stop), or for an epoch of only skipped steps."""
+    first_bad = int(sums[4].item())
+    if first_bad < 0:
+        return
+    where = f"step {first_bad} (epoch {first_bad // steps + 1}, step {first_bad % steps + 1} of {steps})"
+    if on_nonfinite == "stop":
         raise NonFiniteLoss(
-            f"the loss became NaN or Inf at step {int(first_bad)}; the last good checkpoint is kept. "
-            "Lower the lr or check the data"
+            f"the loss became NaN or Inf at {where}; the last good checkpoint is kept. "
+            "Lower the lr, check the data, or pass --on-nonfinite skip-step"
+        )
+    if sums[2].item() == 0:
+        raise NonFiniteLoss(
+            f"every step of epoch {first_bad // steps + 1} had a NaN or Inf loss and was skipped; "
+            "the last good checkpoint is kept. Lower the lr or check the data"
         )

@@ -1,0 +1,197 @@
+"""RUN/report.html: one self-contained page per run; TensorBoard scalars for those who want them.
+
+The page holds config, hardware, timings, the metrics table, the curves, the confusion matrix
+and a grid of test predictions. Figures are inlined as base64 PNG data URIs and the style sheet
+is inline: the file can be mailed or archived alone and opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dawntrain.analysis.plots import (
+    figure_confusion,
+    figure_curves,
+    figure_grid,
+    png_bytes,
+)
+from dawntrain.errors import ConfigError, DataError, DawntrainError
+from dawntrain.train.log import read_metrics
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+td, th { padding: 2px 10px; border-bottom: 1px solid #eee; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; display: block; margin: 8px 0; }
+pre { background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }
+.note { color: #a33; }
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row.get(c, ''))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pairs(d: dict[str, Any]) -> str:
+    return _table([{"key": k, "value": v} for k, v in d.items()], ["key", "value"])
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def timings(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wall-clock totals from summary.json and per-epoch figures from metrics.jsonl."""
+    out = {k: summary[k] for k in ("wall_s", "data_s", "train_wall_s") if k in summary}
+    epoch_s = [m["epoch_s"] for m in metrics if "epoch_s" in m]
+    train_s = [m["train_s"] for m in metrics if "train_s" in m]
+    if epoch_s:
+        out["epochs run"] = len(epoch_s)
+        out["mean epoch_s"] = sum(epoch_s) / len(epoch_s)
+    if train_s and summary.get("train_images"):
+        # Training steps only (no evaluation): the throughput the engine reached.
+        out["train images/s"] = round(summary["train_images"] * len(train_s) / sum(train_s), 1)
+    return out
+
+
+def figure_predictions(predictions: dict[str, np.ndarray]):
+    """Right (green) and wrong (red) test images: predicted class, its probability, truth."""
+    # Tiny ImageNet's class names run long ("goldfish, Carassius auratus"): keep the head.
+    names = [str(c).split(",")[0][:20] for c in predictions["class_names"]]
+    index = predictions["grid_index"]
+    pred, true = predictions["predictions"][index], predictions["labels"][index]
+    conf = predictions["confidence"][index]
+    titles = [
+        f"{names[p]} {c:.2f}" + ("" if p == t else f"\n(true: {names[t]})")
+        for p, t, c in zip(pred, true, conf)
+    ]
+    colors = ["tab:green" if p == t else "tab:red" for p, t in zip(pred, true)]
+    return figure_grid(predictions["grid_images"], titles, colors)
+
+
+def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
+    """The report page of a run directory, as HTML text."""
+    from dawntrain.train.predict import run_predictions
+
+    run_dir = Path(run_dir)
+    config_path, metrics_path = run_dir / "config.toml", run_dir / "metrics.jsonl"
+    summary_path = run_dir / "summary.json"
+    if not config_path.is_file():
+        raise DataError(f"{config_path} does not exist; pass a run directory")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
+    final = summary.get("final", {})
+    headline = ", ".join(
+        f"{k} {final[k]:.4f}" for k in ("test_acc", "test_acc_tta", "val_acc") if k in final
+    )
+    parts = [
+        f"<h1>{html.escape(run_dir.name)}</h1>",
+        f"<p>{html.escape(headline or 'no final metrics yet (summary.json is missing)')}</p>",
+        "<h2>Final metrics</h2>",
+        _pairs(final) if final else _note("the run has not finished: no summary.json"),
+        "<h2>Timings (seconds)</h2>",
+        _pairs(timings(summary, metrics)) if summary or metrics else _note("no timings yet"),
+        "<h2>Hardware and software</h2>",
+        _pairs(summary["environment"]) if "environment" in summary else _note("not recorded"),
+        "<h2>Training curves</h2>",
+    ]
+    if metrics:
+        parts.append(_img(png_bytes(figure_curves(metrics)), "training curves"))
+    else:
+        parts.append(_note("no epoch finished yet"))
+    parts.append("<h2>Test set: confusion matrix and predictions</h2>")
+    try:
+        predictions = run_predictions(run_dir, data, device)
+    except DawntrainError as e:
+        parts.append(_note(f"no test predictions: {e}"))
+    else:
+        parts += [
+            f"<p>test set: {html.escape(str(predictions['source']))}</p>",
+            _img(png_bytes(figure_confusion(predictions)), "confusion matrix"),
+            "<p>Random right (green) and wrong (red) test images: predicted class and its "
+            "probability; under a wrong one, the true class.</p>",
+            _img(png_bytes(figure_predictions(predictions)), "test predictions"),
+        ]
+    parts += [
+        "<h2>Metrics per epoch</h2>",
+        _table(metrics) if metrics else _note("no epoch finished yet"),
+        "<h2>Config</h2>",
+        f"<pre>{html.escape(config_path.read_text())}</pre>",
+    ]
+    title = html.escape(f"dawntrain report: {run_dir.name}")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def write_report(run_dir: Path, data=None, device: str = "auto") -> Path:
+    """Write RUN/report.html (evaluating last.pt on the test set unless predictions.npz has it).
+
+    `data`: the run's data set object or a source; None loads the run's own source."""
+    out = Path(run_dir) / "report.html"
+    out.write_text(render_report(run_dir, data, device), encoding="utf-8")
+    return out
+
+
+class TensorBoardLogger:
+    """Epoch metrics as TensorBoard scalars in RUN/tensorboard (`tensorboard --logdir RUN`).
+
+    train_loss and val_loss become loss/train and loss/val, so TensorBoard groups them in one
+    section; timings go under time/."""
+
+    def __init__(self, run_dir: Path, config=None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # torch's writer needs the separate tensorboard package
+            raise ConfigError(
+                "tensorboard = true needs the tensorboard package: pip install tensorboard "
+                "(or set tensorboard=false)"
+            ) from e
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if config is not None:
+            # TensorBoard renders text as Markdown: indent to keep the TOML verbatim.
+            toml = config.to_toml() if hasattr(config, "to_toml") else str(config)
+            self.writer.add_text("config", "\n".join("    " + ln for ln in toml.splitlines()))
+
+    @staticmethod
+    def tag(key: str) -> str:
+        split, _, what = key.partition("_")
+        if split in ("train", "val", "test") and what.split("_")[0] in ("loss", "acc"):
+            return f"{what}/{split}"
+        return f"time/{key}" if key.endswith("_s") else key
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics["epoch"])
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(self.tag(key), value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

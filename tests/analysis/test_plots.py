@@ -1,0 +1,135 @@
+"""Figures: the data behind each one checked against a straightforward reference, files are PNGs."""
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dawntrain.analysis import plots
+from dawntrain.cli import main
+from dawntrain.config import resolve
+from dawntrain.data.batches import epoch_plan
+from dawntrain.errors import DataError
+from dawntrain.train import fit
+
+
+def tiny_dataset(n=48, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8)
+    return SimpleNamespace(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:16],
+        test_labels=labels[:16],
+        class_names=["ant", "bee", "cat"],
+    )
+
+
+def tiny_config(**kw):
+    sets = ["width=4", "epochs=2", "batch_size=16", "image_size=12", "dropout=0.0"]
+    sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
+    return resolve("davidnet", sets=sets + [f"{k}={v}" for k, v in kw.items()])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    data = tiny_dataset()
+    fit(dataclasses.replace(tiny_config(), out=str(out)), dataset=data)
+    return SimpleNamespace(out=out, data=data)
+
+
+def png_size(path):
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return img.size
+
+
+def test_curves_png_and_probe_panel(run, tmp_path):
+    path = plots.plot_curves(run.out)
+    assert path == run.out / "curves.png"
+    width, _ = png_size(path)
+    metrics = [json.loads(x) for x in (run.out / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        m.update(alpha_star=0.5, top_eigenvalue=3.0)
+    run_b = tmp_path / "probed"
+    run_b.mkdir()
+    (run_b / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    # The curvature probe adds a fourth panel.
+    assert png_size(plots.plot_curves(run_b, tmp_path / "c.png"))[0] > width
+    fig = plots.figure_curves(metrics)
+    lines = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()}
+    assert list(lines["2 / λ_max (GD stability limit)"].get_ydata()) == [2 / 3.0, 2 / 3.0]
+
+
+def test_confusion_matrix_counts_like_a_loop():
+    rng = np.random.default_rng(1)
+    labels, predictions = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    expected = np.zeros((5, 5), int)
+    for t, p in zip(labels, predictions):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(plots.confusion_matrix(labels, predictions, 5), expected)
+
+
+def test_plot_confusion_writes_the_figure_and_the_cache(run, capsys):
+    assert plots.plot_confusion(run.out, data=run.data, device="cpu") == run.out / "confusion.png"
+    png_size(run.out / "confusion.png")
+    with np.load(run.out / "predictions.npz") as f:
+        assert list(f["labels"]) == list(run.data.test_labels)
+        assert list(f["class_names"]) == ["ant", "bee", "cat"]
+    # The CLI, without data: the cache of this checkpoint answers.
+    assert main(["plot", "confusion", str(run.out), "--out", str(run.out / "c2.png")]) == 0
+    assert "c2.png" in capsys.readouterr().out
+
+
+def test_lr_at_step_resolution_is_the_loops_schedule(tmp_path):
+    config = resolve("davidnet")  # 24 epochs, peak 0.4 at epoch 5, batch 512
+    t, lr, steps = plots.lr_steps(config)
+    assert steps == 98 and len(t) == 98 * 24  # 50,000 / 512 rounded up
+    assert lr[0] == 0.0 and lr[5 * 98] == pytest.approx(0.4)
+    assert lr[98 * 14] == pytest.approx(0.4 * (24 - 14) / (24 - 5))
+    stairs = resolve("tiny-imagenet-resnet")  # 0.01, ×0.1 from epoch 64; 95,000 images
+    t, lr, steps = plots.lr_steps(stairs)
+    assert steps == 743 and set(lr[t < 64]) == {0.01} and np.allclose(lr[t >= 64], 0.001)
+    with pytest.raises(DataError, match="--n-train"):
+        plots.lr_steps(resolve("davidnet", overrides={"data": "/some/folder"}))
+    assert plots.lr_steps(resolve("davidnet", overrides={"data": "x"}), n_train=1024)[2] == 2
+    out = tmp_path / "lr.png"
+    assert main(["plot", "lr", "--preset", "fast", "--set", "epochs=3", "--out", str(out)]) == 0
+    png_size(out)
+
+
+def reference_crop_flip(image, dx, dy, flip, pad):
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    h, w = image.shape[:2]
+    crop = padded[dy : dy + h, dx : dx + w]
+    return crop[:, ::-1] if flip else crop
+
+
+def test_samples_are_the_augmented_images_the_loop_feeds():
+    data = tiny_dataset()
+    config = tiny_config(crop_padding=3, flip="true", seed=5)
+    images, labels, names = plots.pipeline_samples(data, config, n=10)
+    plan = epoch_plan(48, 5, 0, 3, True, "cpu")
+    for i in range(10):
+        j = int(plan.order[i])
+        ref = reference_crop_flip(
+            data.train_images[j], int(plan.dx[i]), int(plan.dy[i]), bool(plan.flip[i]), 3
+        )
+        np.testing.assert_array_equal(images[i], ref)  # normalize, then back: exact
+        assert labels[i] == data.train_labels[j]
+    assert names == ["ant", "bee", "cat"]
+    # Per-image standardization loses brightness: shown stretched to the full range.
+    stretched, _, _ = plots.pipeline_samples(data, tiny_config(normalize="samplewise"), n=4)
+    assert stretched.reshape(4, -1).min(1).tolist() == [0] * 4
+    assert stretched.reshape(4, -1).max(1).tolist() == [255] * 4
+
+
+def test_plot_samples_grid(tmp_path):
+    out = plots.plot_samples(tiny_dataset(), tiny_config(), n=6, out=tmp_path / "s.png")
+    width, height = png_size(out)
+    assert width > height  # one row of six

@@ -1,0 +1,135 @@
+"""`dawntrain predict`: image files in, the checkpoint's class probabilities out."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dawntrain.cli import main
+from dawntrain.config import resolve
+from dawntrain.errors import DataError
+from dawntrain.train import fit
+from dawntrain.train.evaluate import load_model
+from dawntrain.train.loop import tta_logits
+from dawntrain.train.predict import predict, run_predictions
+
+
+def tiny_dataset(n=64, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = (rng.integers(0, 100, (n, 16, 16, 3)) + labels[:, None, None, None] * 40).astype(
+        np.uint8
+    )
+    return SimpleNamespace(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:24],
+        test_labels=labels[:24],
+        class_names=[f"c{i}" for i in range(classes)],
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    sets = ["width=4", "epochs=1", "batch_size=32", "image_size=16", "dropout=0.0"]
+    sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
+    data = tiny_dataset()
+    fit(resolve("davidnet", sets=sets, overrides={"out": str(out)}), dataset=data)
+    return SimpleNamespace(out=out, ckpt=out / "checkpoints" / "last.pt", data=data)
+
+
+def reference_probs(ckpt, images, level=0):
+    """Softmax of the model's fp32 logits on uint8 NHWC images, computed directly."""
+    model, config, normalizer, _ = load_model(ckpt, "cpu")
+    with torch.no_grad():
+        x = normalizer(torch.as_tensor(images), config.channels_last)
+        return F.softmax(tta_logits(model, x, level), dim=1).numpy()
+
+
+def test_predictions_match_the_model_and_notes_say_what_changed(run, tmp_path):
+    images = run.data.test_images[:3]
+    Image.fromarray(images[0]).save(tmp_path / "a.png")
+    Image.fromarray(images[1]).convert("L").save(tmp_path / "b_gray.png")
+    Image.fromarray(images[2]).convert("RGBA").save(tmp_path / "c_rgba.png")
+    Image.fromarray(images[2]).resize((40, 20)).save(tmp_path / "d_big.png")
+
+    results = predict(run.ckpt, [tmp_path], top_k=4, device="cpu")
+    assert [r["path"].rsplit("/", 1)[1] for r in results] == [
+        "a.png",
+        "b_gray.png",
+        "c_rgba.png",
+        "d_big.png",
+    ]
+    gray = np.asarray(Image.open(tmp_path / "b_gray.png").convert("RGB"))
+    expected = reference_probs(run.ckpt, np.stack([images[0], gray, images[2]]))
+    for r, p in zip(results[:3], expected):
+        got = {q["index"]: q["probability"] for q in r["predictions"]}
+        assert sorted(got) == [0, 1, 2, 3]
+        np.testing.assert_allclose([got[i] for i in range(4)], p, rtol=1e-5, atol=1e-6)
+        probs = [q["probability"] for q in r["predictions"]]
+        assert probs == sorted(probs, reverse=True)
+        assert {q["class"] for q in r["predictions"]} == {"c0", "c1", "c2", "c3"}
+    assert results[0]["notes"] == []
+    assert "converted from L to RGB" in results[1]["notes"]
+    assert "converted from RGBA to RGB" in results[2]["notes"]
+    assert any("resized from 40x20 to 16x16" in n for n in results[3]["notes"])
+
+
+def test_tta_averages_the_runs_views_and_top_k_cuts(run, tmp_path):
+    Image.fromarray(run.data.test_images[5]).save(tmp_path / "x.png")
+    (result,) = predict(run.ckpt, [tmp_path / "x.png"], top_k=2, tta=True, device="cpu")
+    expected = reference_probs(run.ckpt, run.data.test_images[5:6], level=1)[0]
+    assert len(result["predictions"]) == 2
+    top = result["predictions"][0]
+    assert top["index"] == int(expected.argmax())
+    assert top["probability"] == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_run_predictions_match_evaluate_and_are_cached(run, monkeypatch):
+    from dawntrain.train import predict as predict_module
+    from dawntrain.train.loop import evaluate
+
+    result = run_predictions(run.out, run.data, device="cpu")
+    model, config, normalizer, _ = load_model(run.ckpt, "cpu")
+    x = torch.as_tensor(run.data.test_images)
+    y = torch.as_tensor(run.data.test_labels).long()
+    ref = evaluate(model, x, y, normalizer, 1024, "fp32", config.channels_last, True)
+    np.testing.assert_array_equal(result["predictions"], ref["predictions"])
+    assert (result["predictions"] == result["labels"]).mean() == pytest.approx(ref["acc"])
+    grid = result["grid_index"]
+    np.testing.assert_array_equal(result["grid_images"], run.data.test_images[grid])
+
+    def no_model(*a, **k):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(predict_module, "predict_probabilities", no_model)
+    again = run_predictions(run.out, run.data, device="cpu")  # same test set
+    np.testing.assert_array_equal(again["predictions"], result["predictions"])
+    run_predictions(run.out, None, device="cpu")  # no data: the checkpoint's cache answers
+    other = SimpleNamespace(**{**vars(run.data), "test_images": run.data.test_images[:10]})
+    other.test_labels = run.data.test_labels[:10]
+    with pytest.raises(AssertionError, match="cache"):
+        run_predictions(run.out, other, device="cpu")
+
+
+def test_cli_prints_a_table_or_json_and_fails_in_one_line(run, tmp_path, capsys):
+    Image.fromarray(run.data.test_images[0]).save(tmp_path / "one.png")
+    args = ["predict", "--checkpoint", str(run.ckpt), str(tmp_path / "one.png"), "--device", "cpu"]
+    assert main([*args, "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("one.png") and len(lines) == 4
+    assert main([*args, "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert len(parsed) == 1 and len(parsed[0]["predictions"]) == 4
+    assert sum(p["probability"] for p in parsed[0]["predictions"]) == pytest.approx(1, abs=1e-5)
+
+    (tmp_path / "not-an-image.png").write_text("hello")
+    with pytest.raises(DataError, match="not-an-image.png"):
+        predict(run.ckpt, [tmp_path / "not-an-image.png"], device="cpu")
+    assert main(["predict", "--checkpoint", str(run.ckpt), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
