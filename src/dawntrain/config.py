@@ -40,6 +40,10 @@ class Config:
     width: int = 64  # DavidNet's c; PreActResNet's first width
     dropout: float = 0.05
     exact_dropout: bool = False  # True: torch's dropout instead of the cheap bank mask
+    # The fast model's tricks, each switchable for ablations (docs/benchmarks.md).
+    whiten: bool = True  # first layer: frozen whitening filters from the data; False: a trained conv
+    dirac: bool = True  # conv filters start as identity on their first c_in outputs
+    frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
     # Data pipeline (on the training device).
     normalize: str = "dataset"  # dataset (per-channel mean/std) | samplewise (per image)
     crop_padding: int = 4  # reflect-pad then random crop back; 0 turns it off

@@ -12,14 +12,20 @@ __all__ = ["DavidNet", "FastNet", "PreActResNet", "build_model"]
 
 
 def build_model(
-    name: str, num_classes: int, width: int = 64, dropout: float = 0.0, exact_dropout: bool = False
+    name: str,
+    num_classes: int,
+    width: int = 64,
+    dropout: float = 0.0,
+    exact_dropout: bool = False,
+    **tricks: bool,
 ) -> nn.Module:
+    """`tricks` (whiten, dirac, frozen_bn_scale) go to FastNet; the other models take none."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
     elif name == "davidnet64":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes, stem_pool=True)
     elif name == "fast":
-        model = FastNet(widths=(width, 4 * width, 4 * width), num_classes=num_classes)
+        model = FastNet(widths=(width, 4 * width, 4 * width), num_classes=num_classes, **tricks)
     elif name == "preact_resnet":
         model = PreActResNet(num_classes=num_classes, width=width)
     else:

@@ -17,31 +17,34 @@ import torch
 from torch import nn
 
 
-def batchnorm(c: int) -> nn.BatchNorm2d:
+def batchnorm(c: int, frozen_scale: bool = True) -> nn.BatchNorm2d:
     # Fast-moving running statistics (torch momentum 0.4) suit 10-epoch runs; eps≈0 because the
     # whitened inputs are well scaled already.
     bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
-    bn.weight.requires_grad_(False)
+    bn.weight.requires_grad_(not frozen_scale)
     return bn
 
 
-def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+def conv3x3(c_in: int, c_out: int, dirac: bool = True) -> nn.Conv2d:
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-    with torch.no_grad():
-        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    if dirac:
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[: min(c_in, c_out)])
     return conv
 
 
 class ConvGroup(nn.Module):
     """conv → max pool → BN → GELU → conv → BN → GELU."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, dirac: bool = True, frozen_bn_scale: bool = True):
         super().__init__()
         # ceil_mode: 31x31 after the unpadded whitening conv pools to 16x16, not 15x15. oneDNN's
         # input-gradient kernel for a 64→256 conv at 15x15 ran 7x slower than at 16x16 here.
-        self.conv1, self.norm1 = conv3x3(c_in, c_out), batchnorm(c_out)
+        self.conv1 = conv3x3(c_in, c_out, dirac)
+        self.norm1 = batchnorm(c_out, frozen_bn_scale)
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
-        self.conv2, self.norm2 = conv3x3(c_out, c_out), batchnorm(c_out)
+        self.conv2 = conv3x3(c_out, c_out, dirac)
+        self.norm2 = batchnorm(c_out, frozen_bn_scale)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,16 +59,22 @@ class FastNet(nn.Module):
         num_classes: int = 10,
         patch: int = 2,
         scale: float = 1 / 9,
+        whiten: bool = True,
+        dirac: bool = True,
+        frozen_bn_scale: bool = True,
     ):
+        """`whiten`, `dirac` and `frozen_bn_scale` switch the tricks off for ablations; with
+        `whiten=False` the first layer is an ordinary trained conv and `init_from_data` is a no-op."""
         super().__init__()
         whiten_width = 2 * 3 * patch * patch
         self.whiten = nn.Conv2d(3, whiten_width, patch, bias=True)
-        self.whiten.weight.requires_grad_(False)
+        self.whiten.weight.requires_grad_(not whiten)
+        self.use_whitening = whiten
         self.act = nn.GELU()
         self.groups = nn.Sequential(
-            ConvGroup(whiten_width, widths[0]),
-            ConvGroup(widths[0], widths[1]),
-            ConvGroup(widths[1], widths[2]),
+            ConvGroup(whiten_width, widths[0], dirac, frozen_bn_scale),
+            ConvGroup(widths[0], widths[1], dirac, frozen_bn_scale),
+            ConvGroup(widths[1], widths[2], dirac, frozen_bn_scale),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -74,6 +83,8 @@ class FastNet(nn.Module):
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the whitening filters from normalized float NCHW training images."""
+        if not self.use_whitening:
+            return
         k = self.whiten.kernel_size[0]
         c = images.shape[1]
         patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k

@@ -333,8 +333,13 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
     n_train = len(train_y)
     data_s = time.perf_counter() - t_start
 
+    tricks = (
+        dict(whiten=config.whiten, dirac=config.dirac, frozen_bn_scale=config.frozen_bn_scale)
+        if config.model == "fast"
+        else {}
+    )
     model = build_model(
-        config.model, num_classes, config.width, config.dropout, config.exact_dropout
+        config.model, num_classes, config.width, config.dropout, config.exact_dropout, **tricks
     )
     if config.sync_bn and world.active:
         model = distributed.convert_sync_batchnorm(model, device)

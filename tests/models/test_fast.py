@@ -1,0 +1,87 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dawntrain.models import build_model
+from dawntrain.models.fast import FastNet, conv3x3
+
+
+def correlated_images(n: int = 256, seed: int = 0) -> torch.Tensor:
+    """Images whose neighbouring pixels and channels are strongly correlated, like photos."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 36, 36, generator=g)
+    x = F.avg_pool2d(x, 5, stride=1)  # spatial correlation
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
+    return torch.einsum("dc,nchw->ndhw", mix, x)  # channel correlation
+
+
+def test_shapes_through_the_groups():
+    model = FastNet(widths=(8, 16, 16)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    shapes = []
+    h = model.act(model.whiten(x))
+    for group in model.groups:
+        h = group(h)
+        shapes.append(tuple(h.shape))
+    # ceil_mode pooling: 31 → 16 → 8 → 4 (see ConvGroup).
+    assert shapes == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 16, 4, 4)]
+    assert model(x).shape == (2, 10)
+
+
+def test_whitening_filters_decorrelate_the_training_patches():
+    images = correlated_images()
+    model = FastNet(widths=(8, 16, 16))
+    model.init_from_data(images, eps=0.0)
+    with torch.no_grad():
+        out = F.conv2d(images.double(), model.whiten.weight.double())  # no bias
+    half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)  # the + filters; the rest are −
+    covariance = half.T @ half / len(half)
+    torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 12:], -out[:, :12])
+    assert not model.whiten.weight.requires_grad
+
+
+def test_dirac_init_passes_the_input_through():
+    conv = conv3x3(8, 16)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(conv(x)[:, :8], x)
+
+
+def test_batchnorm_scale_is_frozen_and_shift_trains():
+    model = FastNet(widths=(8, 16, 16))
+    norm = model.groups[0].norm1
+    assert not norm.weight.requires_grad and norm.bias.requires_grad
+
+
+@pytest.mark.parametrize(
+    "trick, check",
+    [
+        ("whiten", lambda m: m.whiten.weight.requires_grad),
+        ("frozen_bn_scale", lambda m: m.groups[0].norm1.weight.requires_grad),
+        (
+            "dirac",
+            lambda m: not torch.equal(
+                m.groups[1].conv1.weight[:, :, 1, 1][:8, :8], torch.eye(8)
+            ),
+        ),
+    ],
+)
+def test_each_trick_switches_off(trick, check):
+    torch.manual_seed(0)
+    assert not check(build_model("fast", 10, 8))
+    torch.manual_seed(0)
+    assert check(build_model("fast", 10, 8, **{trick: False}))
+
+
+def test_init_from_data_is_a_no_op_without_whitening():
+    model = FastNet(widths=(8, 16, 16), whiten=False)
+    before = model.whiten.weight.clone()
+    model.init_from_data(correlated_images(16))
+    assert torch.equal(model.whiten.weight, before)
+
+
+def test_state_dict_keys_do_not_depend_on_the_tricks():
+    # A checkpoint of an ablation run loads into the default model (eval rebuilds the default).
+    a = FastNet(widths=(8, 16, 16)).state_dict()
+    b = FastNet(widths=(8, 16, 16), whiten=False, dirac=False, frozen_bn_scale=False).state_dict()
+    assert a.keys() == b.keys()
