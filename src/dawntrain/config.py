@@ -41,7 +41,9 @@ class Config:
     dropout: float = 0.05
     exact_dropout: bool = False  # True: torch's dropout instead of the cheap bank mask
     # The fast model's tricks, each switchable for ablations (docs/benchmarks.md).
-    whiten: bool = True  # first layer: frozen whitening filters from the data; False: a trained conv
+    whiten: bool = (
+        True  # first layer: frozen whitening filters from the data; False: a trained conv
+    )
     dirac: bool = True  # conv filters start as identity on their first c_in outputs
     frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
     # Data pipeline (on the training device).

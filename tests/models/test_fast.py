@@ -60,9 +60,7 @@ def test_batchnorm_scale_is_frozen_and_shift_trains():
         ("frozen_bn_scale", lambda m: m.groups[0].norm1.weight.requires_grad),
         (
             "dirac",
-            lambda m: not torch.equal(
-                m.groups[1].conv1.weight[:, :, 1, 1][:8, :8], torch.eye(8)
-            ),
+            lambda m: not torch.equal(m.groups[1].conv1.weight[:, :, 1, 1][:8, :8], torch.eye(8)),
         ),
     ],
 )
