@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dawntrain.cli import main
+from dawntrain.config import tomllib  # tomli before Python 3.11
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +70,26 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
     assert result["runs"] == 2 and [r["seed"] for r in result["results"]] == [0, 1]
     assert 0 <= result["test_acc"]["min"] <= result["test_acc"]["mean"] <= result["test_acc"]["max"]
     assert result["results"][0]["first_epoch_at_target"] == 1
+
+
+def test_bench_ablation_runs_each_row_with_its_change(tmp_path, capsys):
+    args = ["bench", "ablation", "--preset", "fast", "--data", "sample", "--epochs", "1"]
+    args += ["--set", "width=4", "--set", "sanity_check=false", "--set", "report=false"]
+    args += ["--batch-size", "500", "--rows", "preset,no whitening,no lookahead"]
+    args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("ablation-fast-*.json")).read_text())
+    assert [r["name"] for r in result["rows"]] == ["preset", "no whitening", "no lookahead"]
+    assert result["rows"][1]["changes"] == {"whiten": False}
+    config = tomllib.loads((tmp_path / "runs/no-lookahead/seed0/config.toml").read_text())
+    assert config["lookahead"] is False and config["whiten"] is True
+    assert "no whitening" in capsys.readouterr().out
+
+
+def test_bench_ablation_rejects_unknown_rows_before_training(tmp_path, capsys):
+    args = ["bench", "ablation", "--preset", "fast", "--rows", "preset,no magic"]
+    args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "'no magic'" in err and "no whitening" in err
+    assert not (tmp_path / "runs").exists()

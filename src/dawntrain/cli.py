@@ -157,6 +157,25 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ablation(args: argparse.Namespace) -> int:
+    from dawntrain.bench import ablation
+    from dawntrain.errors import ConfigError
+
+    cfg = _resolve(args)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ablation.ABLATIONS)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("runs") / f"bench-ablation-{cfg.preset}-{stamp}"
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"ablation-{cfg.preset}-{stamp}.json"
+    try:
+        result = ablation.run(cfg, rows, args.runs, out, on_row=lambda r: ablation.write(path, r))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(ablation.format_table(result))
+    print(f"written to {path}")
+    return 0
+
+
 def _write_result(directory: Path, stem: str, result: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -331,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.set_defaults(func=cmd_bench_accuracy)
+    p = bench_sub.add_parser("ablation", help="each trick of a recipe off, one at a time")
+    _add_config_options(p)
+    p.add_argument("--rows", help="comma-separated rows (default: all); see bench/ablation.py")
+    p.add_argument("--runs", type=int, default=1, help="seeds per row")
+    p.add_argument("--out", type=Path, help="directory for the runs")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.set_defaults(func=cmd_bench_ablation)
     p = bench_sub.add_parser("data", help="record shards vs image folders: convert, size, decode")
     p.add_argument("--cifar", type=Path, help="a CIFAR-10 image folder or its archive")
     p.add_argument("--tiny", type=Path, help="a Tiny ImageNet folder or its archive")

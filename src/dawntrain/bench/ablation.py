@@ -1,0 +1,94 @@
+"""Ablations of the `fast` recipe: each trick switched off, one at a time, against the preset.
+
+Every row is a full training run (or N seeds of one) through `bench.accuracy`; the table puts
+its test accuracy (with and without TTA) and wall time next to the preset's. The JSON is rewritten
+after every row, so an interrupted ablation keeps the rows it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dawntrain.bench import accuracy
+from dawntrain.config import Config
+
+# Row name → config changes that switch one trick off. TTA needs no run of its own: every row
+# reports accuracy with and without it.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "preset": {},
+    "no whitening": {"whiten": False},
+    "no dirac init": {"dirac": False},
+    "trained BN scale": {"frozen_bn_scale": False},
+    "no bias lr scale": {"bias_lr_scale": 1.0},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "no lookahead": {"lookahead": False},
+    "no alternating flip": {"alternate_flip": False},
+}
+
+
+def run(
+    config: Config,
+    rows: list[str],
+    runs: int,
+    out_dir: Path,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    unknown = [r for r in rows if r not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; known: {', '.join(ABLATIONS)}")
+    result: dict[str, Any] = {
+        "preset": config.preset,
+        "data": config.data,
+        "runs": runs,
+        "config": config.to_dict(),
+        "rows": [],
+    }
+    for name in rows:
+        changes = ABLATIONS[name]
+        cfg = dataclasses.replace(config, **changes)
+        summary = accuracy.run(cfg, runs, out_dir / name.replace(" ", "-"))
+        result["rows"].append(
+            {
+                "name": name,
+                "changes": changes,
+                "test_acc": summary["test_acc"]["mean"],
+                "test_acc_tta": summary.get("test_acc_tta", {}).get("mean"),
+                "wall_s": summary["wall_s"]["mean"],
+                "results": summary["results"],
+            }
+        )
+        if on_row:
+            on_row(result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    base = next((r for r in rows if r["name"] == "preset"), None)
+    lines = [
+        f"{result['preset']} on {result['data']}, {result['runs']} run(s) per row",
+        f"{'row':<22}{'test acc':>10}{'with TTA':>10}{'Δ TTA acc':>11}{'wall s':>8}",
+    ]
+    for r in rows:
+        tta = r["test_acc_tta"]
+        delta = (
+            f"{100 * (tta - base['test_acc_tta']):+.2f}"
+            if base and tta is not None and base["test_acc_tta"] is not None
+            else ""
+        )
+        lines.append(
+            f"{r['name']:<22}{r['test_acc']:>10.4f}"
+            + (f"{tta:>10.4f}" if tta is not None else f"{'':>10}")
+            + f"{delta:>11}{r['wall_s']:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def write(path: Path, result: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
