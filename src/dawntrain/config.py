@@ -83,6 +83,7 @@ class Config:
     lookahead: bool = False  # pull weights toward a slow EMA every 5 steps, adopt it at the end
     tta_level: int = 0  # test-time augmentation: 0 none, 1 flip, 2 flip + one-pixel translations
     eval_batch_size: int = 1024
+    eval_every: int = 1  # validate every N epochs and after the last; 0: after the last only
     # Run bookkeeping.
     keep_checkpoints: int = 5
     checkpoint_name: str = "epoch_{epoch:02d}.pt"
@@ -194,6 +195,7 @@ def validate(config: Config) -> Config:
         (config.epochs >= 0, "epochs must be >= 0"),
         (config.batch_size >= 1, "batch_size must be >= 1"),
         (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+        (config.eval_every >= 0, "eval_every must be >= 0 (0: validate after the last epoch only)"),
         (config.lr > 0, "lr must be > 0"),
         (config.width >= 1, "width must be >= 1"),
         (0 <= config.dropout < 1, "dropout must be in [0, 1)"),

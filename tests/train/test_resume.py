@@ -96,3 +96,17 @@ def test_resume_refuses_another_config(tmp_path):
     fit(config(tmp_path / "a", epochs=1), dataset=data)
     with pytest.raises(CheckpointError, match="width"):
         fit(config(tmp_path / "a", width=8), dataset=data, resume="last")
+
+
+def test_validating_less_often_does_not_change_training(tmp_path):
+    data = tiny_dataset()
+    fit(config(tmp_path / "every"), dataset=data)
+    fit(config(tmp_path / "last", eval_every=0), dataset=data)
+    every, last = final_state(tmp_path / "every"), final_state(tmp_path / "last")
+    for k, v in every["model"].items():
+        assert torch.equal(v, last["model"][k]), k
+    history = [
+        json.loads(line) for line in (tmp_path / "last/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["val_acc"] is None for m in history] == [True, True, False]
+    assert history[-1]["val_acc"] == json.loads(every["history"])[-1]["val_acc"]

@@ -42,7 +42,9 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
         history = [
             json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
         ]
-        reached = next((m["epoch"] for m in history if target and m["val_acc"] >= target), None)
+        reached = next(
+            (m["epoch"] for m in history if target and (m.get("val_acc") or 0) >= target), None
+        )
         results.append(
             {
                 "seed": cfg.seed,
