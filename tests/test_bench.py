@@ -75,14 +75,26 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
 def test_bench_ablation_runs_each_row_with_its_change(tmp_path, capsys):
     args = ["bench", "ablation", "--preset", "fast", "--data", "sample", "--epochs", "1"]
     args += ["--set", "width=4", "--set", "sanity_check=false", "--set", "report=false"]
-    args += ["--batch-size", "500", "--rows", "preset,no whitening,no lookahead"]
+    args += [
+        "--batch-size",
+        "500",
+        "--rows",
+        "preset,no whitening,lookahead toggled,other optimizer",
+    ]
     args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path)]
     assert main(args) == 0
     result = json.loads(next(tmp_path.glob("ablation-fast-*.json")).read_text())
-    assert [r["name"] for r in result["rows"]] == ["preset", "no whitening", "no lookahead"]
+    assert [r["name"] for r in result["rows"]] == [
+        "preset",
+        "no whitening",
+        "lookahead toggled",
+        "other optimizer",
+    ]
     assert result["rows"][1]["changes"] == {"whiten": False}
-    config = tomllib.loads((tmp_path / "runs/no-lookahead/seed0/config.toml").read_text())
-    assert config["lookahead"] is False and config["whiten"] is True
+    config = tomllib.loads((tmp_path / "runs/lookahead-toggled/seed0/config.toml").read_text())
+    assert config["lookahead"] is True and config["whiten"] is True
+    other = tomllib.loads((tmp_path / "runs/other-optimizer/seed0/config.toml").read_text())
+    assert other["optimizer"] == "sgd" and other["lookahead"] is True and other["width"] == 4
     assert "no whitening" in capsys.readouterr().out
 
 

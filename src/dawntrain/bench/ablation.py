@@ -7,26 +7,37 @@ after every row, so an interrupted ablation keeps the rows it finished.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dawntrain.bench import accuracy
-from dawntrain.config import Config
+from dawntrain.config import Config, apply, resolve, validate
 
-# Row name → config changes that switch one trick off. TTA needs no run of its own: every row
-# reports accuracy with and without it.
-ABLATIONS: dict[str, dict[str, Any]] = {
+# Row name → the config changes that switch one trick off (or a function of the preset's config
+# that returns them). TTA needs no run of its own: every row reports accuracy with and without it.
+Changes = dict[str, Any] | Callable[[Config], dict[str, Any]]
+
+
+def _optimizer_swapped(config: Config) -> dict[str, Any]:
+    """Muon ↔ SGD: the keys where the `fast` and `fast-sgd` presets differ (lrs, schedule,
+    lookahead), taken from the other one; the rest, --set values included, stays."""
+    mine, other = ("fast", "fast-sgd") if config.optimizer == "muon" else ("fast-sgd", "fast")
+    a, b = resolve(mine).to_dict(), resolve(other).to_dict()
+    return {k: v for k, v in b.items() if a[k] != v and k != "preset"}
+
+
+ABLATIONS: dict[str, Changes] = {
     "preset": {},
     "no whitening": {"whiten": False},
     "no dirac init": {"dirac": False},
     "trained BN scale": {"frozen_bn_scale": False},
     "no bias lr scale": {"bias_lr_scale": 1.0},
     "no label smoothing": {"label_smoothing": 0.0},
-    "no lookahead": {"lookahead": False},
+    "lookahead toggled": lambda c: {"lookahead": not c.lookahead},
     "no alternating flip": {"alternate_flip": False},
+    "other optimizer": _optimizer_swapped,
 }
 
 
@@ -49,7 +60,8 @@ def run(
     }
     for name in rows:
         changes = ABLATIONS[name]
-        cfg = dataclasses.replace(config, **changes)
+        changes = changes(config) if callable(changes) else changes
+        cfg = validate(apply(config, changes, f"ablation row '{name}'"))
         summary = accuracy.run(cfg, runs, out_dir / name.replace(" ", "-"))
         result["rows"].append(
             {
