@@ -105,3 +105,10 @@ def test_bench_ablation_rejects_unknown_rows_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'no magic'" in err and "no whitening" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_throughput_shows_the_dropout_row_only_for_models_with_dropout():
+    from dawntrain.bench.throughput import default_variants
+
+    assert "engine-exact-dropout" in [v.name for v in default_variants(dropout=True)]
+    assert "engine-exact-dropout" not in [v.name for v in default_variants(dropout=False)]

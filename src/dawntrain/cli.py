@@ -127,7 +127,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from dawntrain.bench import throughput
 
     cfg = _resolve(args)
-    variants = throughput.default_variants(compile_too=args.compile)
+    variants = throughput.default_variants(compile_too=args.compile, dropout=cfg.dropout > 0)
     result = throughput.run(
         cfg,
         steps=args.steps,
