@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dawntrain.analysis.flops import training_flops_per_image
+from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
 from dawntrain.models import build_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dawntrain.analysis.flops import (
+from dawntrain.analysis.flop_count import (
     elementwise_flops,
     flops,
     flops_breakdown,
@@ -133,3 +133,10 @@ def test_davidnet_is_about_076_gflops():
     assert forward == hand
     assert forward == pytest.approx(0.76e9, rel=0.02)
     assert training_flops_per_image(net, (3, 32, 32)) == pytest.approx(2.28e9, rel=0.02)
+
+
+def test_the_documented_entry_point_is_the_function():
+    import dawntrain.analysis
+    from dawntrain.models import build_model
+
+    assert dawntrain.analysis.flops(build_model("davidnet", 10), (3, 32, 32)) == 758_523_904
