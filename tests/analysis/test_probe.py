@@ -3,9 +3,8 @@
 import dataclasses
 import json
 import math
-from types import SimpleNamespace
+from functools import partial
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,21 +20,18 @@ from dawntrain.models import build_model
 from dawntrain.train import fit
 from dawntrain.train.loop import loss_fn, make_normalizer, make_schedule
 from dawntrain.train.optim import step_lr
+from synthetic import tiny_dataset as _tiny_dataset
 
-
-def tiny_dataset(n=48, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    images = (rng.integers(0, 120, (n, 12, 12, 3)) + labels[:, None, None, None] * 60).astype(
-        np.uint8
-    )
-    return SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:12],
-        test_labels=labels[:12],
-        class_names=["ant", "bee", "cat"],
-    )
+tiny_dataset = partial(
+    _tiny_dataset,
+    n=48,
+    classes=3,
+    size=12,
+    n_test=12,
+    noise=120,
+    step=60,
+    class_names=["ant", "bee", "cat"],
+)
 
 
 def tiny_config(**kw):

@@ -6,14 +6,16 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dawntrain.train.checkpoint import load
+from synthetic import image_folder as _image_folder
+
+image_folder = partial(_image_folder, size=16)
 
 TINY = [
     "--set",
@@ -30,18 +32,6 @@ TINY = [
     "--set",
     "image_size=16",
 ]
-
-
-def image_folder(root: Path, per_class: int = 24, size: int = 16) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", per_class // 3)):
-        for label in range(3):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = rng.integers(0, 120, (size, size, 3)) + 60 * label
-                Image.fromarray(base.astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return root
 
 
 def free_port() -> int:
@@ -110,7 +100,9 @@ def test_two_ranks_with_sync_bn_match_one_process(tmp_path):
         assert p.returncode == 0, err
     single = load(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
     ddp = load(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
-    assert relative_difference(single, ddp) < 1e-5
+    # Same arithmetic, other summation orders (gloo's all-reduce, per-rank batches): fp32 rounding,
+    # under 1e-5 on a Zen 4, 1.6e-5 on a Xeon with AMX; wrong BN statistics would be 1e-2 and up.
+    assert relative_difference(single, ddp) < 1e-4
     # Only rank 0 wrote the run directory, once.
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1
 

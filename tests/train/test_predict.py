@@ -1,6 +1,7 @@
 """`dawntrain predict`: image files in, the checkpoint's class probabilities out."""
 
 import json
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,21 +17,9 @@ from dawntrain.train import fit
 from dawntrain.train.evaluate import load_model
 from dawntrain.train.loop import tta_logits
 from dawntrain.train.predict import predict, run_predictions
+from synthetic import tiny_dataset as _tiny_dataset
 
-
-def tiny_dataset(n=64, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    images = (rng.integers(0, 100, (n, 16, 16, 3)) + labels[:, None, None, None] * 40).astype(
-        np.uint8
-    )
-    return SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:24],
-        test_labels=labels[:24],
-        class_names=[f"c{i}" for i in range(classes)],
-    )
+tiny_dataset = partial(_tiny_dataset, n=64, n_test=24)
 
 
 @pytest.fixture(scope="module")

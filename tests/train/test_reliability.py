@@ -15,12 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dawntrain.cli import main
 from dawntrain.config import resolve
@@ -28,6 +26,7 @@ from dawntrain.data import tfrecord
 from dawntrain.errors import CheckpointError, DawntrainError, RecordError
 from dawntrain.train import checkpoint, fit, guard, loop
 from dawntrain.train.loop import NonFiniteLoss
+from synthetic import image_folder, tiny_dataset
 
 TRAIN = [
     *("train", "--set", "width=4", "--set", "sanity_check=false", "--precision", "fp32"),
@@ -69,18 +68,6 @@ loop.train_step, checkpoint.save = slow_step, save
 from dawntrain.cli import main
 raise SystemExit(main(sys.argv[3:]))
 """
-
-
-def image_folder(root: Path, per_class: int = 24, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", per_class // 3)):
-        for label in range(3):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 120, (size, size, 3)) + 60 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return root
 
 
 class Runs:
@@ -219,21 +206,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_dataset(n=96, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    images = (rng.integers(0, 100, (n, 16, 16, 3)) + labels[:, None, None, None] * 40).astype(
-        np.uint8
-    )
-    return SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:32],
-        test_labels=labels[:32],
-        class_names=[f"c{i}" for i in range(classes)],
-    )
 
 
 def config(out, **kw):

@@ -2,9 +2,7 @@
 
 import json
 import shutil
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,22 +10,7 @@ from dawntrain.config import resolve
 from dawntrain.errors import CheckpointError
 from dawntrain.train import fit, loop
 from dawntrain.train.checkpoint import load
-
-
-def tiny_dataset(n=96, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    # Class-dependent brightness, so the run can learn something.
-    images = (rng.integers(0, 100, (n, 16, 16, 3)) + labels[:, None, None, None] * 40).astype(
-        np.uint8
-    )
-    return SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:32],
-        test_labels=labels[:32],
-        class_names=[f"c{i}" for i in range(classes)],
-    )
+from synthetic import tiny_dataset
 
 
 def config(out, **kw):

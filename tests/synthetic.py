@@ -1,0 +1,47 @@
+"""Small synthetic data sets for tests that train: learnable (class-dependent brightness), fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+
+def tiny_dataset(
+    n: int = 96,
+    classes: int = 4,
+    size: int = 16,
+    n_test: int = 32,
+    seed: int = 0,
+    noise: int = 100,
+    step: int = 40,
+    class_names: list[str] | None = None,
+) -> SimpleNamespace:
+    """uint8 NHWC images: uniform noise in [0, noise) plus `step` × label; the first n_test
+    training images double as the test set."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    pixels = rng.integers(0, noise, (n, size, size, 3)) + labels[:, None, None, None] * step
+    images = pixels.astype(np.uint8)
+    return SimpleNamespace(
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:n_test],
+        test_labels=labels[:n_test],
+        class_names=class_names or [f"c{i}" for i in range(classes)],
+    )
+
+
+def image_folder(root: Path, per_class: int = 24, size: int = 32) -> Path:
+    """train/<class>/*.png and test/<class>/*.png for three classes, as users lay them out."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", per_class // 3)):
+        for label in range(3):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 120, (size, size, 3)) + 60 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
