@@ -100,14 +100,7 @@ def load_tiny_imagenet_dataset(
 
     key = f"tiny-imagenet-{_file_key(path)}{'-resized' if resize else ''}"
     arrays = cached_arrays(key, build, cache_dir, meta={"source": str(path)})
-    return ImageDataset(
-        arrays["train_images"],
-        arrays["train_labels"],
-        arrays["test_images"],
-        arrays["test_labels"],
-        [str(c) for c in arrays["class_names"]],
-        source=f"Tiny ImageNet at {path}",
-    )
+    return ImageDataset.from_arrays(arrays, f"Tiny ImageNet at {path}")
 
 
 def load_records_dataset(source: str) -> ImageDataset:
@@ -172,14 +165,7 @@ def load_records_dataset(source: str) -> ImageDataset:
     arrays = cached_arrays(
         f"records-{key.hexdigest()[:24]}", build, default_cache_dir(), meta={"source": source}
     )
-    return ImageDataset(
-        arrays["train_images"],
-        arrays["train_labels"],
-        arrays["test_images"],
-        arrays["test_labels"],
-        [str(c) for c in arrays["class_names"]],
-        source=f"records {source} (train, {test})",
-    )
+    return ImageDataset.from_arrays(arrays, f"records {source} (train, {test})")
 
 
 def load(source: str = "cifar10", *, progress: bool = True, resize: bool = False) -> ImageDataset:

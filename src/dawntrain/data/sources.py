@@ -61,6 +61,18 @@ class ImageDataset:
     class_names: list[str]
     source: str  # what was loaded, for logs and reports
 
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> ImageDataset:
+        """From the arrays a cache entry holds (train/test images and labels, class_names)."""
+        return cls(
+            arrays["train_images"],
+            arrays["train_labels"],
+            arrays["test_images"],
+            arrays["test_labels"],
+            [str(name) for name in arrays["class_names"]],
+            source=source,
+        )
+
 
 def default_cache_dir() -> Path:
     """$DAWNTRAIN_DATA, else ~/.cache/dawntrain: where archives are looked for and arrays cached."""
@@ -405,14 +417,7 @@ def load_dataset(
         cache_dir,
         meta={"source": str(path), "content_sha256": content, "resize": resize},
     )
-    return ImageDataset(
-        train_images=arrays["train_images"],
-        train_labels=arrays["train_labels"],
-        test_images=arrays["test_images"],
-        test_labels=arrays["test_labels"],
-        class_names=[str(name) for name in arrays["class_names"]],
-        source=description,
-    )
+    return ImageDataset.from_arrays(arrays, description)
 
 
 def load_cifar10(
