@@ -218,10 +218,12 @@ def sanity_check(model, images, labels, normalizer, precision, num_classes, chan
     # A random subset: test sets are often sorted by class, and the first 512 may hold 5 classes.
     pick = torch.randperm(len(labels), generator=generator(0, 0, 5))[:512].to(labels.device)
     saved, was_training = copy.deepcopy(model.state_dict()), model.training
-    model.train()
+    # eval() first, then BN back to train(): eval() on a parent reaches every child, so setting
+    # modules one by one in modules() order would leave the BN layers in eval mode after all.
+    model.eval()
     for m in model.modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(pick), 256):
         x, y = images[pick[i : i + 256]], labels[pick[i : i + 256]]
