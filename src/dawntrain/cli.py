@@ -110,11 +110,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from dawntrain.analysis.summary import format_summary
-    from dawntrain.models import build_model
+    from dawntrain.models import model_for
 
     cfg = _resolve(args)
     size = args.image_size or (64 if cfg.preset.startswith("tiny") else 32)
-    model = build_model(cfg.model, args.num_classes or _num_classes(cfg), cfg.width, cfg.dropout)
+    model = model_for(cfg, args.num_classes or _num_classes(cfg))
     print(format_summary(model, (3, size, size), title=f"{cfg.preset}: {cfg.model}"))
     return 0
 

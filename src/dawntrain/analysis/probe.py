@@ -33,7 +33,7 @@ from dawntrain.data.batches import (
     train_batches,
 )
 from dawntrain.errors import CheckpointError, ConfigError
-from dawntrain.models import build_model
+from dawntrain.models import model_for
 from dawntrain.train import checkpoint as ckpt
 from dawntrain.train.device import resolve_device
 from dawntrain.train.loop import load_data, loss_fn, make_normalizer, make_schedule, make_splits
@@ -122,13 +122,7 @@ def probe_lr(
     with torch.random.fork_rng(devices=[]):
         # Seeded as fit() seeds before building it: without a checkpoint, the run's own init.
         torch.manual_seed(config.seed)
-        model = build_model(
-            config.model,
-            len(splits.class_names),
-            config.width,
-            config.dropout,
-            config.exact_dropout,
-        )
+        model = model_for(config, len(splits.class_names))
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format)
     train_x = torch.as_tensor(np.ascontiguousarray(splits.train_images)).to(dev)

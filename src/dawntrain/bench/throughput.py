@@ -17,7 +17,7 @@ import torch
 from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
-from dawntrain.models import build_model
+from dawntrain.models import model_for
 from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.train.loop import train_step
 from dawntrain.train.optim import make_sgd, set_lr, step_lr
@@ -92,7 +92,7 @@ def measure(
     device = resolve_device(config.device)
     precision = resolve_precision(variant.precision, device)
     torch.manual_seed(0)
-    model = build_model(config.model, 10, config.width, config.dropout, variant.exact_dropout)
+    model = model_for(config, 10, exact_dropout=variant.exact_dropout)
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
     forward = torch.compile(model) if variant.compiled else model
@@ -163,9 +163,7 @@ def run(
         "torch": torch.__version__,
         "training_flops_per_image": None
         if not rows
-        else training_flops_per_image(
-            build_model(config.model, 10, config.width, config.dropout), (3, image_size, image_size)
-        ),
+        else training_flops_per_image(model_for(config, 10), (3, image_size, image_size)),
         "rows": rows,
         "peak_gflops": peaks,
         "peak_size": peak_size,

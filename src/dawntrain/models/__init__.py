@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from dawntrain.models.davidnet import DavidNet
 from dawntrain.models.fast import FastNet
 from dawntrain.models.preact_resnet import PreActResNet
 
-__all__ = ["DavidNet", "FastNet", "PreActResNet", "build_model"]
+if TYPE_CHECKING:
+    from dawntrain.config import Config
+
+__all__ = ["DavidNet", "FastNet", "PreActResNet", "build_model", "model_for"]
 
 
 def build_model(
@@ -35,3 +40,16 @@ def build_model(
             if hasattr(m, "exact"):
                 m.exact = True
     return model
+
+
+def model_for(config: Config, num_classes: int, exact_dropout: bool | None = None) -> nn.Module:
+    """The model a run's config describes, its ablation switches included (every caller that
+    builds from a config goes through here, so a probe or benchmark builds what fit() trains).
+    `exact_dropout` overrides the config's, for benchmarks that compare the two."""
+    tricks = (
+        dict(whiten=config.whiten, dirac=config.dirac, frozen_bn_scale=config.frozen_bn_scale)
+        if config.model == "fast"
+        else {}
+    )
+    exact = config.exact_dropout if exact_dropout is None else exact_dropout
+    return build_model(config.model, num_classes, config.width, config.dropout, exact, **tricks)

@@ -11,7 +11,7 @@ from torch import nn
 
 from dawntrain.config import Config, apply
 from dawntrain.data.batches import Normalizer
-from dawntrain.models import build_model
+from dawntrain.models import model_for
 from dawntrain.train import checkpoint
 from dawntrain.train.device import resolve_device, resolve_precision
 from dawntrain.train.loop import evaluate, load_data
@@ -22,7 +22,7 @@ def load_model(path: Path, device: str = "auto") -> tuple[nn.Module, Config, Nor
     state = checkpoint.load(path)
     config = apply(Config(), state["config"], f"checkpoint {path}")
     dev = resolve_device(device)
-    model = build_model(config.model, len(state["class_names"]), config.width, config.dropout)
+    model = model_for(config, len(state["class_names"]))
     model.load_state_dict(state["model"])
     norm = state["normalizer"]
     normalizer = Normalizer(norm["mean"], norm["std"], norm["samplewise"])

@@ -37,7 +37,7 @@ from dawntrain.data.batches import (
     train_batches,
 )
 from dawntrain.errors import CheckpointError, DawntrainError
-from dawntrain.models import build_model
+from dawntrain.models import model_for
 from dawntrain.train import checkpoint, distributed, guard
 from dawntrain.train.device import (
     autocast,
@@ -335,14 +335,7 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
     n_train = len(train_y)
     data_s = time.perf_counter() - t_start
 
-    tricks = (
-        dict(whiten=config.whiten, dirac=config.dirac, frozen_bn_scale=config.frozen_bn_scale)
-        if config.model == "fast"
-        else {}
-    )
-    model = build_model(
-        config.model, num_classes, config.width, config.dropout, config.exact_dropout, **tricks
-    )
+    model = model_for(config, num_classes)
     if config.sync_bn and world.active:
         model = distributed.convert_sync_batchnorm(model, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
