@@ -8,6 +8,7 @@ embeds the same figures.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from matplotlib.figure import Figure
 from dawntrain.config import Config, resolve
 from dawntrain.data.batches import epoch_plan, steps_per_epoch, train_batches
 from dawntrain.errors import DataError
+from dawntrain.train.guard import checked_dataset
 from dawntrain.train.log import read_metrics
-from dawntrain.train.loop import load_data, make_normalizer, make_schedule, make_splits
+from dawntrain.train.loop import make_normalizer, make_schedule, make_splits
 
 # Training-set sizes of the built-in sources, for the lr plot's steps per epoch.
 KNOWN_TRAIN_SIZES = {"cifar10": 50_000, "sample": 5_000, "tiny-imagenet": 100_000}
@@ -271,6 +273,9 @@ def plot_samples(data, config: Config | str, n: int = 16, out: Path = Path("samp
     """A grid of `n` training images as the pipeline feeds them, titled with class names.
     `data`: a source name/path, or a data set object (train/test images, labels, class_names)."""
     config = resolve(config) if isinstance(config, str) else config
-    dataset = load_data(str(data)) if isinstance(data, (str, Path)) else data
+    if isinstance(data, (str, Path)):  # as training sees it: checked, resized where configured
+        dataset = checked_dataset(replace(config, data=str(data)))
+    else:
+        dataset = data
     images, labels, names = pipeline_samples(dataset, config, n)
     return save(figure_grid(images, [names[i] for i in labels]), out)

@@ -36,7 +36,8 @@ from dawntrain.errors import CheckpointError, ConfigError
 from dawntrain.models import model_for
 from dawntrain.train import checkpoint as ckpt
 from dawntrain.train.device import resolve_device
-from dawntrain.train.loop import load_data, loss_fn, make_normalizer, make_schedule, make_splits
+from dawntrain.train.guard import checked_dataset
+from dawntrain.train.loop import loss_fn, make_normalizer, make_schedule, make_splits
 
 
 @contextlib.contextmanager
@@ -113,7 +114,7 @@ def probe_lr(
     if batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {batches}")
     dev = resolve_device(device or config.device)
-    dataset = dataset if dataset is not None else load_data(config.data)
+    dataset = checked_dataset(config, dataset)
     splits = make_splits(config, dataset)
     n, batch = len(splits.train_labels), config.batch_size
     if batch > n:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from torch import nn
 from dawntrain.config import Config, apply
 from dawntrain.data.batches import Normalizer
 from dawntrain.models import model_for
-from dawntrain.train import checkpoint
+from dawntrain.train import checkpoint, guard
 from dawntrain.train.device import resolve_device, resolve_precision
-from dawntrain.train.loop import evaluate, load_data
+from dawntrain.train.loop import evaluate
 
 
 def load_model(path: Path, device: str = "auto") -> tuple[nn.Module, Config, Normalizer, dict]:
@@ -34,7 +35,8 @@ def evaluate_checkpoint(
     path: Path, data: str | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     model, config, normalizer, _ = load_model(path, device)
-    dataset = load_data(data or config.data)
+    # Checked and resized as the run's own data was: another source must fit the model too.
+    dataset = guard.checked_dataset(replace(config, data=data or config.data))
     dev = next(model.parameters()).device
     x = torch.as_tensor(np.ascontiguousarray(dataset.test_images)).to(dev)
     y = torch.as_tensor(dataset.test_labels).long().to(dev)

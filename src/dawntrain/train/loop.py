@@ -263,12 +263,6 @@ def environment(device: torch.device, precision: str) -> dict[str, Any]:
     }
 
 
-def load_data(source: str):
-    from dawntrain.data import load
-
-    return load(source)
-
-
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """The seed of torch's global generator for one step (dropout masks draw from it)."""
     return int(np.random.SeedSequence([seed, epoch, step, rank, 11]).generate_state(1)[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from torch import nn
 
 from dawntrain.data.batches import Normalizer, eval_batches
 from dawntrain.errors import CheckpointError, DataError
+from dawntrain.train import guard
 from dawntrain.train.device import autocast, resolve_precision
 from dawntrain.train.evaluate import load_model
-from dawntrain.train.loop import load_data, tta_logits
+from dawntrain.train.loop import tta_logits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PREDICTIONS_FILE = "predictions.npz"
@@ -170,7 +172,7 @@ def _test_set(data, config) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(images, labels, class names, a name) of a source, a data set object, or the run's own."""
     if data is None or isinstance(data, (str, Path)):
         source = str(data or config.data)
-        dataset = load_data(source)
+        dataset = guard.checked_dataset(replace(config, data=source))
     else:
         dataset, source = data, getattr(data, "source", "the given data set")
     if dataset.test_images is None:

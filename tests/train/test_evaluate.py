@@ -1,0 +1,39 @@
+"""`dawntrain eval`: a checkpoint scored on a source, checked and resized as its run's data was."""
+
+import pytest
+
+from dawntrain.config import resolve
+from dawntrain.errors import DataError
+from dawntrain.train import fit
+from dawntrain.train.evaluate import evaluate_checkpoint
+from synthetic import image_folder
+
+SETS = ["width=4", "epochs=1", "batch_size=16", "image_size=16", "dropout=0.0", "tta_level=0"]
+SETS += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAWNTRAIN_DATA", str(tmp_path / "cache"))
+
+
+def train(data, out, resize: bool):
+    config = resolve("davidnet", sets=SETS, overrides={"out": str(out), "data": str(data)})
+    config.resize = resize
+    return fit(config)
+
+
+def test_a_resized_run_is_evaluated_on_resized_images(tmp_path):
+    data = image_folder(tmp_path / "data", size=24)
+    final = train(data, tmp_path / "run", resize=True)
+    result = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", device="cpu")
+    assert result["examples"] == 24
+    assert result["acc"] == pytest.approx(final["val_acc"])
+    assert result["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+
+
+def test_a_source_of_another_size_is_refused_by_name(tmp_path):
+    train(image_folder(tmp_path / "data", size=16), tmp_path / "run", resize=False)
+    other = image_folder(tmp_path / "other", size=24)
+    with pytest.raises(DataError, match=r"other.*24x24.*--resize"):
+        evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", str(other), "cpu")
