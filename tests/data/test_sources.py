@@ -294,6 +294,20 @@ def test_wrong_size_needs_resize(tmp_path):
     np.testing.assert_array_equal(data.test_images[1], np.asarray(small))
 
 
+def test_resize_to_a_side_decodes_each_image_straight_to_it(tmp_path):
+    """A folder of mixed sizes goes to the model's side in one resize per image, not first to
+    the first image's size (a detour that loses detail and can need gigabytes for photos)."""
+    make_folder(tmp_path / "data")
+    big = np.random.default_rng(2).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    (tmp_path / "data" / "test" / "dog" / "y.png").write_bytes(png(big))
+    data = load_quiet(tmp_path / "data", resize=True, side=5)
+    assert data.train_images.shape[1:] == data.test_images.shape[1:] == (5, 5, 3)
+    direct = Image.fromarray(big).resize((5, 5), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(data.test_images[1], np.asarray(direct))
+    at_eight = load_quiet(tmp_path / "data", resize=True)  # cached apart from the side-5 arrays
+    assert at_eight.test_images.shape[1:3] == (8, 8)
+
+
 def test_iter_encoded_images_refuses_raw_pixels(tmp_path):
     make_cifar_batches(tmp_path / "b")
     with pytest.raises(DataError, match="raw CIFAR-10 pixels"):

@@ -209,8 +209,13 @@ def test_wrong_size_image(fake):
     d = _load(fake, resize=True)
     assert d.train_images.shape == (12, 64, 64, 3)
     with Image.open(path) as im:
-        ref = np.asarray(im.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+        rgb = im.convert("RGB")
+    ref = np.asarray(rgb.resize((64, 64), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(d.train_images[7], ref)
+    small = _load(fake, resize=True, side=32)  # a 32x32 model's input: one resize from 80x80
+    assert small.train_images.shape == (12, 32, 32, 3)
+    ref = np.asarray(rgb.resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(small.train_images[7], ref)
 
 
 def test_truncated_and_unreadable_images(fake):

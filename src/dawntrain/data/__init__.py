@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
-from dawntrain.data.sources import ImageDataset, default_cache_dir, load_cifar10, load_dataset
+from dawntrain.data.sources import (
+    ImageDataset,
+    cache_key,
+    default_cache_dir,
+    load_cifar10,
+    load_dataset,
+)
 from dawntrain.errors import DataError
 
 __all__ = ["ImageDataset", "load", "load_cifar10", "load_dataset"]
@@ -45,23 +50,6 @@ def _is_tiny_imagenet(source: str) -> bool:
     return (path / "wnids.txt").is_file() or path.name.startswith("tiny-imagenet")
 
 
-def _file_key(path: Path) -> str:
-    """Content hash of a file, or of a folder's (path, size, mtime) listing: cheap and stable."""
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    else:
-        for root, _, files in sorted(os.walk(path)):
-            for name in sorted(files):
-                st = os.stat(os.path.join(root, name))
-                h.update(
-                    f"{os.path.relpath(os.path.join(root, name), path)}:{st.st_size}:{st.st_mtime_ns}\n".encode()
-                )
-    return h.hexdigest()[:24]
-
-
 def tiny_imagenet_path(source: str, progress: bool = True) -> Path:
     """The path a Tiny ImageNet source names: for 'tiny-imagenet' the copy in the cache
     directory, else the official zip downloaded there."""
@@ -79,7 +67,7 @@ def tiny_imagenet_path(source: str, progress: bool = True) -> Path:
 
 
 def load_tiny_imagenet_dataset(
-    source: str, progress: bool = True, resize: bool = False
+    source: str, progress: bool = True, resize: bool = False, side: int | None = None
 ) -> ImageDataset:
     """Tiny ImageNet as an ImageDataset: the official val set (labelled) plays the test set."""
     from dawntrain.data.cache import cached_arrays
@@ -89,7 +77,8 @@ def load_tiny_imagenet_dataset(
     path = tiny_imagenet_path(source, progress)
 
     def build() -> dict[str, np.ndarray]:
-        t = load_tiny_imagenet(path, progress=progress, resize=resize)
+        kw = {"side": side} if side else {}
+        t = load_tiny_imagenet(path, progress=progress, resize=resize, **kw)
         return {
             "train_images": t.train_images,
             "train_labels": t.train_labels,
@@ -98,7 +87,7 @@ def load_tiny_imagenet_dataset(
             "class_names": np.array(t.class_words),
         }
 
-    key = f"tiny-imagenet-{_file_key(path)}{'-resized' if resize else ''}"
+    key = f"tiny-imagenet-{cache_key(path, resize, side)[0]}"
     arrays = cached_arrays(key, build, cache_dir, meta={"source": str(path)})
     return ImageDataset.from_arrays(arrays, f"Tiny ImageNet at {path}")
 
@@ -168,11 +157,17 @@ def load_records_dataset(source: str) -> ImageDataset:
     return ImageDataset.from_arrays(arrays, f"records {source} (train, {test})")
 
 
-def load(source: str = "cifar10", *, progress: bool = True, resize: bool = False) -> ImageDataset:
-    """Any source the tool reads, as uint8 NHWC train/test arrays with class names."""
+def load(
+    source: str = "cifar10", *, progress: bool = True, resize: bool = False, side: int | None = None
+) -> ImageDataset:
+    """Any source the tool reads, as uint8 NHWC train/test arrays with class names.
+
+    resize: images of another size are resized (bilinear) instead of refused; to side × side
+    where given, decoding straight to it (record shards and CIFAR-10's batch files keep their
+    stored size: resize those arrays after loading)."""
     source = str(source)
     if _is_records(source):
         return load_records_dataset(source)
     if _is_tiny_imagenet(source):
-        return load_tiny_imagenet_dataset(source, progress=progress, resize=resize)
-    return load_dataset(source, progress=progress, resize=resize)
+        return load_tiny_imagenet_dataset(source, progress=progress, resize=resize, side=side)
+    return load_dataset(source, progress=progress, resize=resize, side=side)

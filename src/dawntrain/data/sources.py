@@ -354,9 +354,11 @@ def _folder_arrays(
     resize: bool,
     progress: bool,
     workers: int | None,
+    side: int | None,
 ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"class_names": np.array(class_names)}
-    size = None  # the first training image's; test images must match it
+    # Without a side, the first training image's size: the others must match it (or resize).
+    size = (side, side) if side else None
     for split in SPLITS:
         images = decode_images(
             [(name, data) for name, data, _ in items[split]],
@@ -371,7 +373,9 @@ def _folder_arrays(
     return arrays
 
 
-def _build(path: Path, resize: bool, progress: bool, workers: int | None) -> dict[str, np.ndarray]:
+def _build(
+    path: Path, resize: bool, progress: bool, workers: int | None, side: int | None
+) -> dict[str, np.ndarray]:
     """Read and decode a source path into the arrays that get cached."""
     files = _Files(path)
     if _is_cifar(files):
@@ -381,13 +385,15 @@ def _build(path: Path, resize: bool, progress: bool, workers: int | None) -> dic
         split: [(files.display(m), files.read(m), label) for m, _, label in folder.files[split]]
         for split in SPLITS
     }
-    return _folder_arrays(items, folder.classes, resize, progress, workers)
+    return _folder_arrays(items, folder.classes, resize, progress, workers, side)
 
 
-def _cache_key(path: Path, resize: bool) -> tuple[str, str]:
-    """(cache key, content hash) of a source path."""
+def cache_key(path: Path, resize: bool, side: int | None = None) -> tuple[str, str]:
+    """(cache key, content hash) of a source path read with these options: the content hash
+    is the file's sha256, or for a directory a hash of its listing (see _listing_hash)."""
     content = _listing_hash(path) if path.is_dir() else file_digest(path, "sha256")
-    digest = hashlib.sha256(f"{READER_VERSION}\0{int(resize)}\0{content}".encode()).hexdigest()
+    options = f"{READER_VERSION}\0{int(resize)}\0{side or ''}"
+    digest = hashlib.sha256(f"{options}\0{content}".encode()).hexdigest()
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-") or "data"
     return f"{stem}-{digest[:20]}", content
 
@@ -401,21 +407,25 @@ def load_dataset(
     cache_dir: Path | None = None,
     progress: bool = True,
     resize: bool = False,
+    side: int | None = None,
     workers: int | None = None,
 ) -> ImageDataset:
     """Load a data set (see the module docstring for the sources), decoding it only once.
 
-    Images that differ in size from the first training image are an error unless resize.
+    Images that differ in size from the first training image (from side × side, where side is
+    given) are an error unless resize, which resizes them straight to that size: a folder of
+    mixed photo sizes goes to the model's input size in one step, without holding them all at
+    the first photo's size. The CIFAR-10 batch files are 32x32 and ignore side.
     workers: decoding processes (default min(2, CPUs)).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path, description = _resolve(source, cache_dir, progress)
-    key, content = _cache_key(path, resize)
+    key, content = cache_key(path, resize, side)
     arrays = cached_arrays(
         key,
-        lambda: _build(path, resize, progress, workers),
+        lambda: _build(path, resize, progress, workers, side),
         cache_dir,
-        meta={"source": str(path), "content_sha256": content, "resize": resize},
+        meta={"source": str(path), "content_sha256": content, "resize": resize, "side": side},
     )
     return ImageDataset.from_arrays(arrays, description)
 

@@ -164,11 +164,13 @@ def _images_in(by_dir: dict[str, list[str]], folder: str) -> list[str]:
     return [f"{folder}/{n}" for n in sorted(names, key=_natural_key)]
 
 
-def _decode(tree: _Tree, rels: list[str], split: str, notes: list[str], **kw) -> np.ndarray:
+def _decode(
+    tree: _Tree, rels: list[str], split: str, notes: list[str], side: int = IMAGE_SIZE, **kw
+) -> np.ndarray:
     items = [(tree.where(rel), tree.files[rel]) for rel in rels]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertedToRGBWarning)
-        images = decode_images(items, (IMAGE_SIZE, IMAGE_SIZE), **kw)
+        images = decode_images(items, (side, side), **kw)
     for w in caught:
         if issubclass(w.category, ConvertedToRGBWarning):
             notes.append(f"{split}: {w.message}")  # Tiny ImageNet has grayscale JPEGs
@@ -251,12 +253,13 @@ def load_tiny_imagenet(
     workers: int | None = None,
     progress: bool = True,
     resize: bool = False,
+    side: int = IMAGE_SIZE,
 ) -> TinyImageNet:
     """Read and decode Tiny ImageNet from its folder, official .zip or a .tar.gz of the folder.
 
     Labels follow wnids.txt; val labels come from val/val_annotations.txt; test is unlabeled.
     Non-RGB images are converted (and counted in `notes`); an image that is not 64x64 is a
-    DataError unless resize=True. Decoding uses `workers` processes (default 2).
+    DataError unless resize=True (bilinear, to side x side). Decoding uses `workers` processes (default 2).
     """
     tree = _open_tree(Path(source))
     by_dir: dict[str, list[str]] = defaultdict(list)
@@ -288,7 +291,8 @@ def load_tiny_imagenet(
 
     def decode(rels: list[str], split: str) -> np.ndarray:
         label = f"Tiny ImageNet {split}" if progress else None
-        return _decode(tree, rels, split, notes, workers=workers, resize=resize, progress=label)
+        kw = {"workers": workers, "resize": resize, "progress": label}
+        return _decode(tree, rels, split, notes, side, **kw)
 
     return TinyImageNet(
         train_images=decode(train_files, "train"),

@@ -99,8 +99,9 @@ def checked_dataset(config: Config, dataset=None):
         from dawntrain.data import load
 
         _verify_manifest(config.data)
+        side = expected_image_size(config) if config.resize else None
         try:
-            dataset = load(config.data, resize=config.resize)
+            dataset = load(config.data, resize=config.resize, side=side)
         except OSError as e:  # a file the readers did not expect to fail, e.g. a broken link
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
