@@ -197,6 +197,20 @@ def test_missing_file_and_directory_are_record_errors(tmp_path):
         list(read_records(tmp_path))
 
 
+def test_unreadable_file_is_a_record_error_that_says_permission(tmp_path, monkeypatch):
+    from dawntrain.data import tfrecord
+
+    path = tmp_path / "locked.tfrecord"
+    write_records(path, [b"x"])
+
+    def denied(*args, **kwargs):  # as open() fails on a chmod 000 file (root reads anything)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(tfrecord, "open", denied, raising=False)
+    with pytest.raises(RecordError, match=r"locked.tfrecord: no permission.*chmod"):
+        list(read_records(path))
+
+
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
     path = tmp_path / "x.tfrecord.gz"
     write_records(path, [b"old"])

@@ -267,6 +267,10 @@ def _open(path: Path) -> BinaryIO:
         raise RecordError(f"{path}: no such TFRecord file; check the path") from None
     except IsADirectoryError:
         raise RecordError(f"{path}: is a directory, not a TFRecord file") from None
+    except PermissionError:
+        raise RecordError(
+            f"{path}: no permission to read this TFRecord file; fix its permissions (chmod)"
+        ) from None
 
 
 def read_records(
