@@ -215,61 +215,36 @@ class _Source:
 
 def _read_images(src: str, pool: Executor | None, progress: bool) -> _Source:
     """The CIFAR-10 archive (PNG-encoded pixels) or an image folder (original bytes)."""
-    path, description = sources._resolve(src, sources.default_cache_dir(), progress)
-    files = sources._Files(path)  # one read of the archive, whichever it holds
-    if sources._is_cifar(files):
-        arrays = sources._decode_cifar(files)
-        source = _Source(description, [str(c) for c in arrays["class_names"]])
-        for split in sources.SPLITS:
-            items = list(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"].tolist()))
-            source.splits[split] = _map_chunks(
-                _png_chunk, items, (source.classes,), pool, f"png-encode {split}", progress
-            )
-        return source
-    folder = sources._folder_layout(files.files, files.dirs, str(path))
-    source = _Source(description, folder.classes)
+    path, description = sources.resolve_source(src, sources.default_cache_dir(), progress)
+    raw = sources.read_source(path)
+    source = _Source(description, raw.class_names)
     for split in sources.SPLITS:
-        items = [
-            (files.display(m), files.read_bytes(m), label) for m, _, label in folder.files[split]
-        ]
+        if raw.arrays is not None:
+            items = list(zip(raw.arrays[f"{split}_images"], raw.arrays[f"{split}_labels"].tolist()))
+            chunk, what = _png_chunk, "png-encode"
+        else:
+            items = [(name, _read_bytes(data), label) for name, data, label in raw.encoded[split]]
+            chunk, what = _encoded_chunk, "check"
         source.splits[split] = _map_chunks(
-            _encoded_chunk, items, (source.classes,), pool, f"check {split}", progress
+            chunk, items, (source.classes,), pool, f"{what} {split}", progress
         )
     return source
 
 
 def _read_tiny_imagenet(src: str, pool: Executor | None, progress: bool) -> _Source:
     """Tiny ImageNet's original JPEG bytes: train, val and the unlabelled test split."""
-    from dawntrain.data import tiny_imagenet as ti
     from dawntrain.data import tiny_imagenet_path
+    from dawntrain.data.tiny_imagenet import list_tiny_imagenet
 
-    tree = ti._open_tree(tiny_imagenet_path(src, progress))
-    by_dir: dict[str, list[str]] = defaultdict(list)
-    for rel in tree.files:
-        folder, _, name = rel.rpartition("/")
-        by_dir[folder].append(name)
-    wnids = tree.text("wnids.txt").split()
-    if not wnids or len(set(wnids)) != len(wnids):
-        raise DataError(
-            f"{tree.where('wnids.txt')}: empty or with repeated wnids; {ti._HOW_TO_FIX}"
-        )
-    words = {}
-    if "words.txt" in tree.files:
-        for line in tree.text("words.txt").splitlines():
-            wnid, _, text = line.partition("\t")
-            words[wnid.strip()] = text.strip()
-    source = _Source(f"Tiny ImageNet at {tree.label}", [words.get(w, w) for w in wnids])
-    notes: list[str] = []
-    listed = {
-        "train": ti._read_train(tree, by_dir, wnids, {}, notes),
-        "val": ti._read_val(tree, by_dir, wnids, {}),
-    }
-    test = ti._images_in(by_dir, "test/images")
-    if test:
-        listed["test"] = (test, [UNLABELLED] * len(test))
+    listing = list_tiny_imagenet(tiny_imagenet_path(src, progress))
+    tree = listing.tree
+    source = _Source(f"Tiny ImageNet at {tree.label}", listing.class_words)
+    listed = {"train": listing.train, "val": listing.val}
+    if listing.test:
+        listed["test"] = (listing.test, [UNLABELLED] * len(listing.test))
         source.unlabelled.append("test")
-    source.notes += notes
-    source.extra["wnids"] = wnids
+    source.notes += listing.notes
+    source.extra["wnids"] = listing.wnids
     for split, (rels, labels) in listed.items():
         items = [
             (tree.where(rel), _read_bytes(tree.files[rel]), label)
@@ -282,7 +257,12 @@ def _read_tiny_imagenet(src: str, pool: Executor | None, progress: bool) -> _Sou
 
 
 def _read_bytes(data: bytes | Path) -> bytes:
-    return data if isinstance(data, bytes) else data.read_bytes()
+    if isinstance(data, bytes):
+        return data
+    try:
+        return data.read_bytes()
+    except OSError as e:
+        raise DataError(f"{data}: cannot read it ({e.strerror or e}); fix or remove it") from e
 
 
 def _read_record_source(src: str, layout: str, pool: Executor | None, progress: bool) -> _Source:

@@ -323,7 +323,7 @@ class _Files:
 # -------------------------------------------------------------------------------- resolving
 
 
-def _resolve(source: str | Path, cache_dir: Path, progress: bool) -> tuple[Path, str]:
+def resolve_source(source: str | Path, cache_dir: Path, progress: bool) -> tuple[Path, str]:
     """The path a source names, and a description of it."""
     if isinstance(source, str) and source == "cifar10":
         for candidate in (cache_dir / CIFAR10_ARCHIVE, cache_dir / CIFAR10_DIR):
@@ -373,19 +373,39 @@ def _folder_arrays(
     return arrays
 
 
+@dataclass
+class RawSource:
+    """A source's contents before decoding: CIFAR-10's official batches hold pixel arrays
+    already; an image folder or archive holds encoded files."""
+
+    class_names: list[str]
+    arrays: dict[str, np.ndarray] | None  # the CIFAR batches, as load_dataset caches them
+    # split -> [(name for errors, bytes or the file's path in a directory, label)]
+    encoded: dict[str, list[tuple[str, bytes | Path, int]]] | None
+
+
+def read_source(path: Path) -> RawSource:
+    """Read a resolved source path (see resolve_source) in one pass, nothing decoded."""
+    files = _Files(path)  # one read of an archive, whichever it holds
+    if _is_cifar(files):
+        arrays = _decode_cifar(files)
+        return RawSource([str(c) for c in arrays["class_names"]], arrays, None)
+    folder = _folder_layout(files.files, files.dirs, str(path))
+    encoded = {
+        split: [(files.display(m), files.read(m), label) for m, _, label in folder.files[split]]
+        for split in SPLITS
+    }
+    return RawSource(folder.classes, None, encoded)
+
+
 def _build(
     path: Path, resize: bool, progress: bool, workers: int | None, side: int | None
 ) -> dict[str, np.ndarray]:
     """Read and decode a source path into the arrays that get cached."""
-    files = _Files(path)
-    if _is_cifar(files):
-        return _decode_cifar(files)
-    folder = _folder_layout(files.files, files.dirs, str(path))
-    items = {
-        split: [(files.display(m), files.read(m), label) for m, _, label in folder.files[split]]
-        for split in SPLITS
-    }
-    return _folder_arrays(items, folder.classes, resize, progress, workers, side)
+    raw = read_source(path)
+    if raw.arrays is not None:
+        return raw.arrays
+    return _folder_arrays(raw.encoded, raw.class_names, resize, progress, workers, side)
 
 
 def cache_key(path: Path, resize: bool, side: int | None = None) -> tuple[str, str]:
@@ -419,7 +439,7 @@ def load_dataset(
     workers: decoding processes (default min(2, CPUs)).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path, description = _resolve(source, cache_dir, progress)
+    path, description = resolve_source(source, cache_dir, progress)
     key, content = cache_key(path, resize, side)
     arrays = cached_arrays(
         key,
@@ -455,7 +475,7 @@ def iter_encoded_images(
     if source == "cifar10":
         raise DataError("cifar10: the official archive holds raw pixels, not encoded images")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path, _ = _resolve(source, cache_dir, progress=False)
+    path, _ = resolve_source(source, cache_dir, progress=False)
     files = _Files(path)
     if _is_cifar(files):
         raise DataError(f"{path}: holds raw CIFAR-10 pixels, not encoded images")

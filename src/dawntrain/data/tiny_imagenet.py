@@ -247,20 +247,28 @@ def _read_val(
     return files, [labels[f] for f in files]
 
 
-def load_tiny_imagenet(
-    source: str | Path,
-    *,
-    workers: int | None = None,
-    progress: bool = True,
-    resize: bool = False,
-    side: int = IMAGE_SIZE,
-) -> TinyImageNet:
-    """Read and decode Tiny ImageNet from its folder, official .zip or a .tar.gz of the folder.
+@dataclass
+class TinyImageNetFiles:
+    """The checked listing of a Tiny ImageNet source, nothing decoded: files are paths inside
+    `tree` (e.g. "val/images/val_0.JPEG"), in label order within each split."""
 
-    Labels follow wnids.txt; val labels come from val/val_annotations.txt; test is unlabeled.
-    Non-RGB images are converted (and counted in `notes`); an image that is not 64x64 is a
-    DataError unless resize=True (bilinear, to side x side). Decoding uses `workers` processes (default 2).
-    """
+    tree: _Tree
+    wnids: list[str]
+    words: dict[str, str]  # wnid -> words.txt text, where it has one
+    train: tuple[list[str], list[int]]  # (files, labels)
+    val: tuple[list[str], list[int]]
+    test: list[str]  # unlabeled
+    boxes: dict[str, Box]
+    notes: list[str]
+
+    @property
+    def class_words(self) -> list[str]:
+        return [self.words.get(wnid, wnid) for wnid in self.wnids]
+
+
+def list_tiny_imagenet(source: str | Path) -> TinyImageNetFiles:
+    """Read the folder, .zip or .tar.gz's listing, class list, labels and boxes, checking that
+    they agree (a DataError names the file and says what to fix)."""
     tree = _open_tree(Path(source))
     by_dir: dict[str, list[str]] = defaultdict(list)
     for rel in tree.files:
@@ -283,29 +291,50 @@ def load_tiny_imagenet(
         notes.append("no words.txt: class_words are the wnids")
 
     boxes: dict[str, Box] = {}
-    train_files, train_labels = _read_train(tree, by_dir, wnids, boxes, notes)
-    val_files, val_labels = _read_val(tree, by_dir, wnids, boxes)
-    test_files = _images_in(by_dir, "test/images")
-    if not test_files:
-        notes.append("no test/images: test_images is empty")
+    train = _read_train(tree, by_dir, wnids, boxes, notes)
+    val = _read_val(tree, by_dir, wnids, boxes)
+    test = _images_in(by_dir, "test/images")
+    if not test:
+        notes.append("no test/images: the test split is empty")
+    return TinyImageNetFiles(tree, wnids, words, train, val, test, boxes, notes)
+
+
+def load_tiny_imagenet(
+    source: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    resize: bool = False,
+    side: int = IMAGE_SIZE,
+) -> TinyImageNet:
+    """Read and decode Tiny ImageNet from its folder, official .zip or a .tar.gz of the folder.
+
+    Labels follow wnids.txt; val labels come from val/val_annotations.txt; test is unlabeled.
+    Non-RGB images are converted (and counted in `notes`); an image that is not 64x64 is a
+    DataError unless resize=True (bilinear, to side x side). Decoding uses `workers` processes
+    (default 2).
+    """
+    listing = list_tiny_imagenet(source)
+    notes = listing.notes
 
     def decode(rels: list[str], split: str) -> np.ndarray:
         label = f"Tiny ImageNet {split}" if progress else None
         kw = {"workers": workers, "resize": resize, "progress": label}
-        return _decode(tree, rels, split, notes, side, **kw)
+        return _decode(listing.tree, rels, split, notes, side, **kw)
 
+    (train_files, train_labels), (val_files, val_labels) = listing.train, listing.val
     return TinyImageNet(
         train_images=decode(train_files, "train"),
         train_labels=np.array(train_labels, dtype=np.int64),
         val_images=decode(val_files, "val"),
         val_labels=np.array(val_labels, dtype=np.int64),
-        test_images=decode(test_files, "test"),
+        test_images=decode(listing.test, "test"),
         train_files=[PurePosixPath(f).name for f in train_files],
         val_files=[PurePosixPath(f).name for f in val_files],
-        test_files=[PurePosixPath(f).name for f in test_files],
-        class_names=wnids,
-        class_words=[words.get(wnid, wnid) for wnid in wnids],
-        boxes=boxes,
+        test_files=[PurePosixPath(f).name for f in listing.test],
+        class_names=listing.wnids,
+        class_words=listing.class_words,
+        boxes=listing.boxes,
         notes=notes,
     )
 
