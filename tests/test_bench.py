@@ -70,6 +70,10 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
     assert result["runs"] == 2 and [r["seed"] for r in result["results"]] == [0, 1]
     assert 0 <= result["test_acc"]["min"] <= result["test_acc"]["mean"] <= result["test_acc"]["max"]
     assert result["results"][0]["first_epoch_at_target"] == 1
+    assert result["data_from_cache"] is False  # a fresh cache: the decode was timed
+    assert "from the cache" not in capsys.readouterr().out
+    assert main([*args[:5], "1", *args[6:]]) == 0
+    assert "read from the cache" in capsys.readouterr().out
 
 
 def test_bench_ablation_runs_each_row_with_its_change(tmp_path, capsys):
