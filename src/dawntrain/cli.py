@@ -125,9 +125,11 @@ def _num_classes(cfg) -> int:
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from dawntrain.bench import throughput
+    from dawntrain.train.device import resolve_device
 
     cfg = _resolve(args)
-    variants = throughput.default_variants(compile_too=args.compile, dropout=cfg.dropout > 0)
+    cpu = resolve_device(cfg.device).type == "cpu"
+    variants = throughput.default_variants(args.compile, dropout=cfg.dropout > 0, cpu=cpu)
     result = throughput.run(
         cfg,
         steps=args.steps,

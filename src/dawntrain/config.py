@@ -35,6 +35,9 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    keep_freed_memory: bool = (
+        True  # CPU: freed activations stay for the next step (train/malloc.py)
+    )
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
     width: int = 64  # DavidNet's c; PreActResNet's first width

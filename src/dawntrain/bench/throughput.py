@@ -20,6 +20,7 @@ from dawntrain.data.batches import Normalizer, crop_flip
 from dawntrain.models import model_for
 from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.train.loop import train_step
+from dawntrain.train.malloc import freed_memory_kept
 from dawntrain.train.optim import make_sgd, set_lr, step_lr
 
 
@@ -30,16 +31,21 @@ class Variant:
     channels_last: bool
     exact_dropout: bool  # torch's dropout (the reference) instead of the bank mask
     compiled: bool = False
+    keep_freed_memory: bool = True  # train/malloc.py; the reference runs with glibc's defaults
 
 
-def default_variants(compile_too: bool = False, dropout: bool = True) -> list[Variant]:
+def default_variants(
+    compile_too: bool = False, dropout: bool = True, cpu: bool = True
+) -> list[Variant]:
     """The reference path, the engine, and the engine with one choice undone. The exact-dropout
-    row only means something for a model with dropout."""
+    row only means something for a model with dropout, the malloc row only on a CPU."""
     rows = [
-        Variant("reference", "fp32", channels_last=False, exact_dropout=True),
+        Variant("reference", "fp32", False, exact_dropout=True, keep_freed_memory=False),
         Variant("engine", "auto", channels_last=True, exact_dropout=False),
         Variant("engine-fp32", "fp32", channels_last=True, exact_dropout=False),
     ]
+    if cpu:
+        rows.append(Variant("engine-malloc-default", "auto", True, False, keep_freed_memory=False))
     if dropout:
         rows.append(Variant("engine-exact-dropout", "auto", True, exact_dropout=True))
     if compile_too:
@@ -90,6 +96,21 @@ def measure(
 ) -> dict[str, Any]:
     """Median training images/s of `variant` on random uint8 data through the full step."""
     device = resolve_device(config.device)
+    if device.type != "cpu":
+        return _measure(config, variant, device, steps, warmup, windows, image_size)
+    with freed_memory_kept(variant.keep_freed_memory):
+        return _measure(config, variant, device, steps, warmup, windows, image_size)
+
+
+def _measure(
+    config: Config,
+    variant: Variant,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    windows: int,
+    image_size: int,
+) -> dict[str, Any]:
     precision = resolve_precision(variant.precision, device)
     torch.manual_seed(0)
     model = model_for(config, 10, exact_dropout=variant.exact_dropout)
@@ -131,6 +152,7 @@ def measure(
         "layout": "channels_last" if variant.channels_last else "NCHW",
         "compiled": variant.compiled,
         "exact_dropout": variant.exact_dropout,
+        "keep_freed_memory": variant.keep_freed_memory and device.type == "cpu",
         "window_images_per_s": [round(r, 2) for r in rates],
     }
 

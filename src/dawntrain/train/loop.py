@@ -47,6 +47,7 @@ from dawntrain.train.device import (
 )
 from dawntrain.train.log import MetricsLog
 from dawntrain.train.lookahead import Lookahead
+from dawntrain.train.malloc import freed_memory_kept
 from dawntrain.train.optim import freeze_group, make_optimizer, set_lr, step_lr
 from dawntrain.train.schedules import Staircase, one_cycle
 
@@ -306,6 +307,8 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
     torch.manual_seed(config.seed)
     device = world.device
     precision = resolve_precision(config.precision, device)
+    if device.type == "cpu":
+        cleanup.enter_context(freed_memory_kept(config.keep_freed_memory))
     out = Path(config.out) if config.out else default_out(config)
     out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
     ckpt_dir = out / "checkpoints"

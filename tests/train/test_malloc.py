@@ -1,0 +1,56 @@
+"""train/malloc.py: with freed memory kept, each step's allocations reuse the last one's pages."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dawntrain.train.malloc import freed_memory_kept, keep_freed_memory
+
+glibc_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="mallopt thresholds are glibc's (Linux)"
+)
+
+# Rounds that each allocate, fill and free blocks of the same sizes, as training steps do with
+# activations; prints the minor page faults of the last rounds and the pages they touched.
+# glibc's heap takes a few rounds to settle around PyTorch's 64-byte-aligned allocations. Blocks
+# are above 32 MiB, the most that glibc's own adaptive threshold moves from mmap to the heap.
+STEPS = """
+import resource, sys, torch
+from dawntrain.train.malloc import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+sizes, rounds, last = [48 << 20, 40 << 20, 48 << 20], 12, 4
+for i in range(rounds):
+    if i == rounds - last:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.empty(n // 4).fill_(1.0) for n in sizes]
+    del blocks
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(faults, last * sum(sizes) // 4096)
+"""
+
+
+def steady_state_page_faults(mode: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", STEPS, mode], capture_output=True, text=True, env=env, check=True
+    )
+    faults, pages = map(int, out.stdout.split())
+    return faults, pages
+
+
+@glibc_only
+def test_kept_memory_is_reused_without_faulting_pages_in_again():
+    kept, pages = steady_state_page_faults("keep")
+    default, _ = steady_state_page_faults("default")  # glibc mmaps and unmaps each block
+    assert kept < pages // 20 and default > pages // 2
+
+
+@glibc_only
+def test_user_malloc_settings_are_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert keep_freed_memory() is False
+    with freed_memory_kept() as took:
+        assert not took
