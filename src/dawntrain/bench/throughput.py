@@ -166,10 +166,14 @@ def run(
     peak_size: int = 4096,
 ) -> dict[str, Any]:
     device = resolve_device(config.device)
-    rows = [
-        measure(config, v, steps, warmup, image_size=image_size)
-        for v in variants or default_variants()
-    ]
+    variants = variants or default_variants()
+    # Rows on glibc's default malloc go first: once a kept-memory row has grown the heap, its free
+    # blocks serve the later rows too, whatever the thresholds (measured: 306 vs 295 img/s).
+    order = sorted(range(len(variants)), key=lambda i: variants[i].keep_freed_memory)
+    measured = {
+        i: measure(config, variants[i], steps, warmup, image_size=image_size) for i in order
+    }
+    rows = [measured[i] for i in range(len(variants))]
     peaks = {"fp32": round(matmul_peak_gflops(torch.float32, device, peak_size), 1)}
     if resolve_precision("auto", device) != "fp32":
         peaks["bf16"] = round(matmul_peak_gflops(torch.bfloat16, device, peak_size), 1)
