@@ -49,8 +49,16 @@ def test_kept_memory_is_reused_without_faulting_pages_in_again():
 
 
 @glibc_only
-def test_user_malloc_settings_are_left_alone(monkeypatch):
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MALLOC_MMAP_THRESHOLD_", "131072"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+        ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ],
+)
+def test_a_malloc_the_user_chose_is_left_alone(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     assert keep_freed_memory() is False
     with freed_memory_kept() as took:
         assert not took

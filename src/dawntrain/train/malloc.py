@@ -9,7 +9,8 @@ its pages kept, holding 0.9 GB more (docs/benchmarks.md). PyTorch's CUDA allocat
 to malloc. Intel's PyTorch tuning guide preloads jemalloc or tcmalloc; raising glibc's mmap and
 trim thresholds with mallopt(3) gets the same effect without a preload.
 
-Other C libraries (macOS, musl) and runs where the user set MALLOC_* variables are left alone.
+Other C libraries (macOS, musl) and a malloc the user chose (MALLOC_* variables, glibc.malloc
+tunables, a preloaded jemalloc or tcmalloc) are left alone.
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ _GLIBC_DEFAULT = 128 * 1024  # both thresholds' defaults (mallopt(3))
 # and freed memory is never trimmed back to the OS while a run holds this setting.
 _KEEP_MMAP_THRESHOLD = 1 << 30
 _KEEP_TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes a C int
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def _user_chose_malloc() -> bool:
+    """MALLOC_* variables, glibc.malloc tunables or a preloaded allocator: the user's choice."""
+    return (
+        any(name.startswith("MALLOC_") for name in os.environ)
+        or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+        or "malloc" in os.environ.get("LD_PRELOAD", "")  # jemalloc, tcmalloc, mimalloc
+    )
 
 
 def _mallopt():
-    if not sys.platform.startswith("linux") or any(v in os.environ for v in _USER_SETTINGS):
+    if not sys.platform.startswith("linux") or _user_chose_malloc():
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
