@@ -40,7 +40,8 @@ class Config:
     )
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
-    width: int = 64  # DavidNet's c; PreActResNet's first width
+    width: int = 64  # DavidNet's c; PreActResNet's first width; FastNet's first block
+    width_factor: float = 4.0  # FastNet: blocks 2 and 3 are this x width (airbench94 4, airbench95 3)
     dropout: float = 0.05
     exact_dropout: bool = False  # True: torch's dropout instead of the cheap bank mask
     # The fast model's tricks, each switchable for ablations (docs/benchmarks.md).
@@ -201,6 +202,7 @@ def validate(config: Config) -> Config:
         (config.eval_every >= 0, "eval_every must be >= 0 (0: validate after the last epoch only)"),
         (config.lr > 0, "lr must be > 0"),
         (config.width >= 1, "width must be >= 1"),
+        (round(config.width * config.width_factor) >= 1, "width x width_factor must be >= 1"),
         (0 <= config.dropout < 1, "dropout must be in [0, 1)"),
         (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 <= config.momentum < 1, "momentum must be in [0, 1)"),

@@ -22,15 +22,18 @@ def build_model(
     width: int = 64,
     dropout: float = 0.0,
     exact_dropout: bool = False,
+    width_factor: float = 4.0,
     **tricks: bool,
 ) -> nn.Module:
-    """`tricks` (whiten, dirac, frozen_bn_scale) go to FastNet; the other models take none."""
+    """`tricks` (whiten, dirac, frozen_bn_scale) go to FastNet; the other models take none.
+    FastNet's blocks are (width, width_factor x width, width_factor x width) wide."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
     elif name == "davidnet64":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes, stem_pool=True)
     elif name == "fast":
-        model = FastNet(widths=(width, 4 * width, 4 * width), num_classes=num_classes, **tricks)
+        wide = round(width_factor * width)
+        model = FastNet(widths=(width, wide, wide), num_classes=num_classes, **tricks)
     elif name == "preact_resnet":
         model = PreActResNet(num_classes=num_classes, width=width)
     else:
@@ -52,4 +55,12 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
         else {}
     )
     exact = config.exact_dropout if exact_dropout is None else exact_dropout
-    return build_model(config.model, num_classes, config.width, config.dropout, exact, **tricks)
+    return build_model(
+        config.model,
+        num_classes,
+        config.width,
+        config.dropout,
+        exact,
+        width_factor=config.width_factor,
+        **tricks,
+    )
