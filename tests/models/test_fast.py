@@ -83,3 +83,13 @@ def test_state_dict_keys_do_not_depend_on_the_tricks():
     a = FastNet(widths=(8, 16, 16)).state_dict()
     b = FastNet(widths=(8, 16, 16), whiten=False, dirac=False, frozen_bn_scale=False).state_dict()
     assert a.keys() == b.keys()
+
+
+def test_width_factor_sets_the_later_groups_widths():
+    """fast: airbench94's 64/256/256 (factor 4); fast-wide: airbench95's 128/384/384 (factor 3)."""
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+
+    for preset, widths in (("fast", [64, 256, 256]), ("fast-wide", [128, 384, 384])):
+        model = model_for(resolve(preset), 10)
+        assert [g.conv1.out_channels for g in model.groups] == widths, preset
