@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from dawntrain.models.conv import Conv3x3
 from dawntrain.models.dropout import BankDropout
 
 
@@ -26,7 +27,7 @@ def init_uniform_fan_in(weight: torch.Tensor) -> None:
 class ConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, dropout: float = 0.05):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv = Conv3x3(c_in, c_out)  # nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         init_uniform_fan_in(self.conv.weight)
         self.drop = BankDropout(dropout)
         # Keras BatchNormalization(momentum=0.9) keeps 0.9 of the old average: PyTorch's momentum=0.1.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dawntrain.models.conv import Conv3x3
+
 
 def batchnorm(c: int, frozen_scale: bool = True) -> nn.BatchNorm2d:
     # Fast-moving running statistics (torch momentum 0.4) suit 10-epoch runs; eps≈0 because the
@@ -26,7 +28,7 @@ def batchnorm(c: int, frozen_scale: bool = True) -> nn.BatchNorm2d:
 
 
 def conv3x3(c_in: int, c_out: int, dirac: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    conv = Conv3x3(c_in, c_out)
     if dirac:
         with torch.no_grad():
             nn.init.dirac_(conv.weight[: min(c_in, c_out)])

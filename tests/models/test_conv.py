@@ -1,0 +1,70 @@
+"""models/conv.py: the matmul 3x3 convolution is F.conv2d(padding=1), values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dawntrain.models.conv import (
+    MATMUL_MAX_PIXELS,
+    MATMUL_MIN_CHANNELS,
+    Conv3x3,
+    conv3x3_matmul,
+)
+
+
+def reference(x, w, grad):
+    """F.conv2d in float64: output, input gradient, weight gradient."""
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    y = F.conv2d(x64, w64, padding=1)
+    y.backward(grad.double())
+    return y, x64.grad, w64.grad
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (3, 5), (8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_conv2d_in_float64(size, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, *size, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 7, *size, generator=g, dtype=torch.float64)
+    y = conv3x3_matmul(x, w)
+    y.backward(grad)
+    ref_y, ref_gx, ref_gw = reference(x, w, grad)
+    torch.testing.assert_close(y, ref_y)
+    torch.testing.assert_close(x.grad, ref_gx)
+    torch.testing.assert_close(w.grad, ref_gw)
+
+
+def test_bf16_autocast_matches_conv2d_within_bf16_rounding():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 64, 4, 4, generator=g).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = (torch.randn(32, 64, 3, 3, generator=g) / 24).requires_grad_()
+    grad = torch.randn(16, 32, 4, 4, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv3x3_matmul(x, w)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(grad.bfloat16())
+    assert x.grad.dtype == w.grad.dtype == torch.float32  # gradients of the fp32 leaves
+    ref_y, ref_gx, ref_gw = reference(x, w, grad)
+    for got, want in ((y, ref_y), (x.grad, ref_gx), (w.grad, ref_gw)):
+        assert (got.double() - want).norm() / want.norm() < 1e-2
+
+
+def test_conv3x3_takes_the_matmul_path_only_for_small_cpu_maps(monkeypatch):
+    from dawntrain.models import conv
+
+    calls = []
+    monkeypatch.setattr(conv, "conv3x3_matmul", lambda x, w: calls.append(x.shape) or x)
+    c, side = MATMUL_MIN_CHANNELS, int(MATMUL_MAX_PIXELS**0.5)
+    layer = Conv3x3(c, 4)
+    layer(torch.randn(2, c, side, side))
+    assert calls == [(2, c, side, side)]
+    assert layer(torch.randn(2, c, side + 1, side + 1)).shape == (2, 4, side + 1, side + 1)
+    assert Conv3x3(c - 1, 4)(torch.randn(2, c - 1, side, side)).shape == (2, 4, side, side)
+    assert len(calls) == 1  # the larger map and the narrower layer went to nn.Conv2d
+    assert isinstance(layer, torch.nn.Conv2d) and list(layer.state_dict()) == ["weight"]
