@@ -68,3 +68,15 @@ def test_conv3x3_takes_the_matmul_path_only_for_small_cpu_maps(monkeypatch):
     assert Conv3x3(c - 1, 4)(torch.randn(2, c - 1, side, side)).shape == (2, 4, side, side)
     assert len(calls) == 1  # the larger map and the narrower layer went to nn.Conv2d
     assert isinstance(layer, torch.nn.Conv2d) and list(layer.state_dict()) == ["weight"]
+
+
+def test_matmul_layers_counts_davidnets_last_residual_convolutions():
+    from dawntrain.models import DavidNet, FastNet
+    from dawntrain.models.conv import matmul_layers
+
+    model = DavidNet().train()
+    assert matmul_layers(model, (3, 32, 32)) == 2  # blk3's two 512-channel convs at 4x4
+    assert model.training
+    assert matmul_layers(DavidNet(), (3, 64, 64)) == 0  # 8x8 there
+    assert matmul_layers(FastNet(), (3, 32, 32)) == 0  # 256 channels at 4x4
+    assert matmul_layers(FastNet(widths=(128, 384, 384)), (3, 32, 32)) == 1

@@ -18,6 +18,7 @@ from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
 from dawntrain.models import model_for
+from dawntrain.models.conv import Conv3x3
 from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.train.loop import train_step
 from dawntrain.train.malloc import freed_memory_kept
@@ -32,18 +33,22 @@ class Variant:
     exact_dropout: bool  # torch's dropout (the reference) instead of the bank mask
     compiled: bool = False
     keep_freed_memory: bool = True  # train/malloc.py; the reference runs with glibc's defaults
+    matmul_conv: bool = True  # models/conv.py's matmul path for small maps; False: oneDNN's
 
 
 def default_variants(
-    compile_too: bool = False, dropout: bool = True, cpu: bool = True
+    compile_too: bool = False, dropout: bool = True, cpu: bool = True, small_convs: bool = True
 ) -> list[Variant]:
     """The reference path, the engine, and the engine with one choice undone. The exact-dropout
-    row only means something for a model with dropout, the malloc row only on a CPU."""
+    row only means something for a model with dropout, the malloc row only on a CPU, the
+    library-conv row only for a model with convolutions that take the matmul path."""
     rows = [
-        Variant("reference", "fp32", False, exact_dropout=True, keep_freed_memory=False),
+        Variant("reference", "fp32", False, True, keep_freed_memory=False, matmul_conv=False),
         Variant("engine", "auto", channels_last=True, exact_dropout=False),
         Variant("engine-fp32", "fp32", channels_last=True, exact_dropout=False),
     ]
+    if small_convs:
+        rows.append(Variant("engine-library-conv", "auto", True, False, matmul_conv=False))
     if cpu:
         rows.append(Variant("engine-malloc-default", "auto", True, False, keep_freed_memory=False))
     if dropout:
@@ -116,6 +121,9 @@ def _measure(
     model = model_for(config, 10, exact_dropout=variant.exact_dropout)
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
+    for module in model.modules():
+        if isinstance(module, Conv3x3):
+            module.matmul = variant.matmul_conv
     forward = torch.compile(model) if variant.compiled else model
     opt = make_sgd(model, config.momentum, config.nesterov, config.weight_decay, config.batch_size)
     set_lr(opt, step_lr(config.convention, config.lr * 0.1, config.batch_size))
@@ -153,6 +161,7 @@ def _measure(
         "compiled": variant.compiled,
         "exact_dropout": variant.exact_dropout,
         "keep_freed_memory": variant.keep_freed_memory and device.type == "cpu",
+        "matmul_conv": variant.matmul_conv and device.type == "cpu",
         "window_images_per_s": [round(r, 2) for r in rates],
     }
 

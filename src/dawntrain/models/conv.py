@@ -81,9 +81,34 @@ class Conv3x3(nn.Conv2d):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, 3, padding=1, bias=False)
+        self.matmul = True  # False: always the library convolution (benchmarks' reference path)
+
+    def takes_matmul_path(self, x: torch.Tensor) -> bool:
+        small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
+        wide = self.in_channels >= MATMUL_MIN_CHANNELS
+        return self.matmul and x.device.type == "cpu" and small and wide
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
-        if x.device.type == "cpu" and small and self.in_channels >= MATMUL_MIN_CHANNELS:
+        if self.takes_matmul_path(x):
             return conv3x3_matmul(x, self.weight)
         return super().forward(x)
+
+
+def matmul_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """How many of the model's convolutions take the matmul path for a CPU input of
+    input_shape (C, H, W): one forward pass of a single zero image, in eval mode."""
+    taken = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: taken.append(m.takes_matmul_path(args[0])))
+        for m in model.modules()
+        if isinstance(m, Conv3x3)
+    ]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sum(taken)
