@@ -116,3 +116,16 @@ def test_throughput_shows_the_dropout_row_only_for_models_with_dropout():
 
     assert "engine-exact-dropout" in [v.name for v in default_variants(dropout=True)]
     assert "engine-exact-dropout" not in [v.name for v in default_variants(dropout=False)]
+
+
+def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
+    args = ["bench", "conv", "--shapes", "4x8x4,2x8x2", "--repeats", "1", "--json"]
+    assert main([*args, "--results", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert [(r["batch"], r["channels"], r["side"]) for r in result["rows"]] == [
+        (4, 8, 4),
+        (2, 8, 2),
+    ]
+    assert all(r["library_ms"] > 0 and r["matmul_ms"] > 0 for r in result["rows"])
+    assert main(["bench", "conv", "--shapes", "4x8"]) == 2
+    assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
-from dawntrain.errors import DawntrainError
+from dawntrain.errors import ConfigError, DawntrainError
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,6 @@ def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
 def _resumed_run(args: argparse.Namespace) -> tuple[dict | None, str | None]:
     """`--resume RUN` without --preset: (the config RUN's checkpoint was trained with, RUN),
     so that the resume command needs no other option."""
-    from dawntrain.errors import ConfigError
     from dawntrain.train import checkpoint
 
     if not args.resume or args.preset is not None:
@@ -152,6 +151,26 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_conv(args: argparse.Namespace) -> int:
+    from dawntrain.bench import conv
+
+    shapes = conv.SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+            raise ConfigError(
+                f"--shapes {args.shapes!r}: give BATCHxCHANNELSxSIDE,... e.g. 512x512x4"
+            )
+    result = conv.run(shapes, repeats=args.repeats)
+    path = _write_result(args.results, "conv", result)
+    print(json.dumps(result) if args.json else conv.format_table(result))
+    print(f"written to {path}")
+    return 0
+
+
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from dawntrain.bench import accuracy
 
@@ -166,7 +185,6 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
 
 def cmd_bench_ablation(args: argparse.Namespace) -> int:
     from dawntrain.bench import ablation
-    from dawntrain.errors import ConfigError
 
     cfg = _resolve(args)
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ablation.ABLATIONS)
@@ -349,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.set_defaults(func=cmd_bench_throughput)
+    p = bench_sub.add_parser("conv", help="small-map 3x3 convolutions: library vs matmuls")
+    p.add_argument("--shapes", help="BATCHxCHANNELSxSIDE,... (default: bench/conv.py's SHAPES)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.set_defaults(func=cmd_bench_conv)
     p = bench_sub.add_parser("accuracy", help="test accuracy over N seeds, with wall time per run")
     _add_config_options(p)
     p.add_argument("--runs", type=int, default=3)

@@ -2,10 +2,10 @@
 
 oneDNN's bf16 convolution backward is slow where the map is tiny and the channels many: at
 4x4 with 512 channels in and out, batch 512 (DavidNet's last residual convolutions), forward and
-backward took 254 ms on 2 Xeon cores against 123 ms for the same arithmetic as im2col and
-matmuls; at 384 channels 133 against 70 ms; at 256 channels they tie, and at 8x8 and larger,
-copying the 9 shifted views costs more than the matmul gains (docs/benchmarks.md). Those stay
-with oneDNN, and GPUs always use the library convolution.
+backward took 245 ms on 2 Xeon cores against 116 ms for the same arithmetic as im2col and
+matmuls; at 384 channels 130 against 77 ms; at 256 channels they tie, and at 8x8 and larger,
+copying the 9 shifted views costs more than the matmul gains (`dawntrain bench conv`,
+docs/benchmarks.md). Those stay with oneDNN, and GPUs always use the library convolution.
 
 The matmul form, for NHWC x and a filter laid out (K, kh, kw, C):
   forward      y (NHW, K)   = cols (NHW, 9C) @ w (9C, K),  cols = the 9 shifted, padded views of x
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The maps that go through matmuls (measured on Xeon-AMX, bf16, fwd + bwd): at most 4x4 (8x8
-# lost 2x), with at least 384 input channels (4x4: 512 won 2.1x, 384 1.9x, 256 tied).
+# The maps that go through matmuls (`dawntrain bench conv` on Xeon-AMX, bf16, fwd + bwd): at
+# most 4x4 (8x8 lost 1.7x), with at least 384 input channels (4x4: 512 won 2.1x, 384 1.7x,
+# 256 tied).
 MATMUL_MAX_PIXELS = 16
 MATMUL_MIN_CHANNELS = 384
 
@@ -84,6 +85,8 @@ class Conv3x3(nn.Conv2d):
         self.matmul = True  # False: always the library convolution (benchmarks' reference path)
 
     def takes_matmul_path(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return False  # an exported model holds plain convolutions, for any runtime
         small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
         wide = self.in_channels >= MATMUL_MIN_CHANNELS
         return self.matmul and x.device.type == "cpu" and small and wide
