@@ -35,9 +35,10 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
-    keep_freed_memory: bool = (
-        True  # CPU: freed activations stay for the next step (train/malloc.py)
-    )
+    # CPU only: freed activations stay for the next step (train/malloc.py), and 3x3 convolutions
+    # on small, wide maps run as matmuls (models/conv.py).
+    keep_freed_memory: bool = True
+    matmul_conv: bool = True
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
     width: int = 64  # DavidNet's c; PreActResNet's first width; FastNet's first block

@@ -80,3 +80,13 @@ def test_matmul_layers_counts_davidnets_last_residual_convolutions():
     assert matmul_layers(DavidNet(), (3, 64, 64)) == 0  # 8x8 there
     assert matmul_layers(FastNet(), (3, 32, 32)) == 0  # 256 channels at 4x4
     assert matmul_layers(FastNet(widths=(128, 384, 384)), (3, 32, 32)) == 1
+
+
+def test_config_switch_sends_every_convolution_to_the_library():
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+    from dawntrain.models.conv import matmul_layers
+
+    assert matmul_layers(model_for(resolve("davidnet"), 10), (3, 32, 32)) == 2
+    off = resolve("davidnet", sets=["matmul_conv=false"])
+    assert matmul_layers(model_for(off, 10), (3, 32, 32)) == 0

@@ -18,7 +18,6 @@ from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
 from dawntrain.models import model_for
-from dawntrain.models.conv import Conv3x3
 from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.train.loop import train_step
 from dawntrain.train.malloc import freed_memory_kept
@@ -118,12 +117,10 @@ def _measure(
 ) -> dict[str, Any]:
     precision = resolve_precision(variant.precision, device)
     torch.manual_seed(0)
-    model = model_for(config, 10, exact_dropout=variant.exact_dropout)
+    row_config = dataclasses.replace(config, matmul_conv=variant.matmul_conv)
+    model = model_for(row_config, 10, exact_dropout=variant.exact_dropout)
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
-    for module in model.modules():
-        if isinstance(module, Conv3x3):
-            module.matmul = variant.matmul_conv
     forward = torch.compile(model) if variant.compiled else model
     opt = make_sgd(model, config.momentum, config.nesterov, config.weight_decay, config.batch_size)
     set_lr(opt, step_lr(config.convention, config.lr * 0.1, config.batch_size))

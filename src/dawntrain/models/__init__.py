@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from dawntrain.models.conv import Conv3x3
 from dawntrain.models.davidnet import DavidNet
 from dawntrain.models.fast import FastNet
 from dawntrain.models.preact_resnet import PreActResNet
@@ -55,7 +56,7 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
         else {}
     )
     exact = config.exact_dropout if exact_dropout is None else exact_dropout
-    return build_model(
+    model = build_model(
         config.model,
         num_classes,
         config.width,
@@ -64,3 +65,7 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
         width_factor=config.width_factor,
         **tricks,
     )
+    for module in model.modules():
+        if isinstance(module, Conv3x3):
+            module.matmul = config.matmul_conv
+    return model
