@@ -62,3 +62,8 @@ def test_a_malloc_the_user_chose_is_left_alone(monkeypatch, name, value):
     assert keep_freed_memory() is False
     with freed_memory_kept() as took:
         assert not took
+
+
+def test_a_gpu_run_leaves_malloc_alone():
+    with freed_memory_kept(cpu=False) as took:
+        assert not took

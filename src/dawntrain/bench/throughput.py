@@ -100,9 +100,7 @@ def measure(
 ) -> dict[str, Any]:
     """Median training images/s of `variant` on random uint8 data through the full step."""
     device = resolve_device(config.device)
-    if device.type != "cpu":
-        return _measure(config, variant, device, steps, warmup, windows, image_size)
-    with freed_memory_kept(variant.keep_freed_memory):
+    with freed_memory_kept(variant.keep_freed_memory, device.type == "cpu"):
         return _measure(config, variant, device, steps, warmup, windows, image_size)
 
 

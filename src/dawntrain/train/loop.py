@@ -307,8 +307,7 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
     torch.manual_seed(config.seed)
     device = world.device
     precision = resolve_precision(config.precision, device)
-    if device.type == "cpu":
-        cleanup.enter_context(freed_memory_kept(config.keep_freed_memory))
+    cleanup.enter_context(freed_memory_kept(config.keep_freed_memory, device.type == "cpu"))
     out = Path(config.out) if config.out else default_out(config)
     out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
     ckpt_dir = out / "checkpoints"

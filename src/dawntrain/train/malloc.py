@@ -4,10 +4,11 @@ A training step allocates and frees the same activation-sized blocks every time.
 large blocks with a fresh mmap and unmaps them on free (its adaptive threshold moves blocks to
 the heap only up to 32 MiB; DavidNet's activations at batch 512 are up to 134 MB), so each step
 faults every page of its activations in again: on 2 Xeon cores a bf16 ReLU over 134 MB took
-62 ms into fresh pages against 16 ms into reused ones, and DavidNet trained 1.46x faster with
-its pages kept, holding 0.9 GB more (docs/benchmarks.md). PyTorch's CUDA allocator caches blocks for this reason; on CPU it leaves it
-to malloc. Intel's PyTorch tuning guide preloads jemalloc or tcmalloc; raising glibc's mmap and
-trim thresholds with mallopt(3) gets the same effect without a preload.
+62 ms into fresh pages against 16 ms into reused ones, and DavidNet trained 1.49x faster with
+its pages kept, holding 0.9 GB more (docs/benchmarks.md). PyTorch's CUDA allocator caches
+blocks for this reason; on CPU it leaves it to malloc. Intel's PyTorch tuning guide preloads
+jemalloc or tcmalloc; raising glibc's mmap and trim thresholds with mallopt(3) gets the same
+effect without a preload.
 
 Other C libraries (macOS, musl) and a malloc the user chose (MALLOC_* variables, glibc.malloc
 tunables, a preloaded jemalloc or tcmalloc) are left alone.
@@ -64,11 +65,12 @@ def keep_freed_memory(keep: bool = True) -> bool:
 
 
 @contextlib.contextmanager
-def freed_memory_kept(keep: bool = True) -> Iterator[bool]:
+def freed_memory_kept(keep: bool = True, cpu: bool = True) -> Iterator[bool]:
     """keep_freed_memory(keep) inside the block, glibc's defaults after it; yields whether it
     took effect. The process keeps the pages it grew to until it exits (glibc trims them only
-    as later frees allow)."""
-    took = keep_freed_memory(keep)
+    as later frees allow). cpu=False (training on a GPU, whose allocator caches its own blocks)
+    leaves malloc alone."""
+    took = keep_freed_memory(keep) if cpu else False
     try:
         yield took
     finally:
