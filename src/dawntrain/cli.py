@@ -124,16 +124,9 @@ def _num_classes(cfg) -> int:
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from dawntrain.bench import throughput
-    from dawntrain.models import model_for
-    from dawntrain.models.conv import matmul_layers
-    from dawntrain.train.device import resolve_device
 
     cfg = _resolve(args)
-    cpu = resolve_device(cfg.device).type == "cpu"
-    small = cpu and matmul_layers(model_for(cfg, 10), (3, args.image_size, args.image_size)) > 0
-    variants = throughput.default_variants(
-        args.compile, dropout=cfg.dropout > 0, cpu=cpu, small_convs=small
-    )
+    variants = throughput.variants_for(cfg, args.image_size, compile_too=args.compile)
     result = throughput.run(
         cfg,
         steps=args.steps,

@@ -18,6 +18,7 @@ from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
 from dawntrain.models import model_for
+from dawntrain.models.conv import matmul_layers
 from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.train.loop import train_step
 from dawntrain.train.malloc import freed_memory_kept
@@ -55,6 +56,13 @@ def default_variants(
     if compile_too:
         rows.append(Variant("engine-compiled", "auto", True, False, compiled=True))
     return rows
+
+
+def variants_for(config: Config, image_size: int, compile_too: bool = False) -> list[Variant]:
+    """default_variants with only the rows that mean something for this model and device."""
+    cpu = resolve_device(config.device).type == "cpu"
+    small = cpu and matmul_layers(model_for(config, 10), (3, image_size, image_size)) > 0
+    return default_variants(compile_too, dropout=config.dropout > 0, cpu=cpu, small_convs=small)
 
 
 def matmul_peak_gflops(
