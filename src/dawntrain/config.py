@@ -42,9 +42,8 @@ class Config:
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
     width: int = 64  # DavidNet's c; PreActResNet's first width; FastNet's first block
-    width_factor: float = (
-        4.0  # FastNet: blocks 2 and 3 are this x width (airbench94 4, airbench95 3)
-    )
+    # FastNet: blocks 2 and 3 are width_factor x width (airbench94: 4, airbench95: 3).
+    width_factor: float = 4.0
     dropout: float = 0.05
     exact_dropout: bool = False  # True: torch's dropout instead of the cheap bank mask
     # The fast model's tricks, each switchable for ablations (docs/benchmarks.md).

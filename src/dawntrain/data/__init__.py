@@ -71,14 +71,13 @@ def load_tiny_imagenet_dataset(
 ) -> ImageDataset:
     """Tiny ImageNet as an ImageDataset: the official val set (labelled) plays the test set."""
     from dawntrain.data.cache import cached_arrays
-    from dawntrain.data.tiny_imagenet import load_tiny_imagenet
+    from dawntrain.data.tiny_imagenet import IMAGE_SIZE, load_tiny_imagenet
 
     cache_dir = default_cache_dir()
     path = tiny_imagenet_path(source, progress)
 
     def build() -> dict[str, np.ndarray]:
-        kw = {"side": side} if side else {}
-        t = load_tiny_imagenet(path, progress=progress, resize=resize, **kw)
+        t = load_tiny_imagenet(path, progress=progress, resize=resize, side=side or IMAGE_SIZE)
         return {
             "train_images": t.train_images,
             "train_labels": t.train_labels,
