@@ -72,7 +72,8 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
     assert result["results"][0]["first_epoch_at_target"] == 1
     assert result["data_from_cache"] is False  # a fresh cache: the decode was timed
     assert "from the cache" not in capsys.readouterr().out
-    assert main([*args[:5], "1", *args[6:]]) == 0
+    args[args.index("--runs") + 1] = "1"  # the same data again: now the cache answers
+    assert main(args) == 0
     assert "read from the cache" in capsys.readouterr().out
 
 
@@ -129,3 +130,15 @@ def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
     assert all(r["library_ms"] > 0 and r["matmul_ms"] > 0 for r in result["rows"])
     assert main(["bench", "conv", "--shapes", "4x8"]) == 2
     assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err
+
+
+def test_throughput_shows_the_library_conv_row_only_where_a_conv_takes_the_matmul_path():
+    from dawntrain.bench.throughput import variants_for
+    from dawntrain.config import resolve
+
+    def names(preset):
+        return [v.name for v in variants_for(resolve(preset, sets=["device=cpu"]), 32)]
+
+    assert "engine-library-conv" in names("davidnet")  # 512 channels at 4x4
+    assert "engine-library-conv" not in names("fast")  # 256 channels: oneDNN everywhere
+    assert "engine-malloc-default" in names("fast")
