@@ -97,7 +97,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dawntrain.train.evaluate import evaluate_checkpoint
+    from dawntrain.infer.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, device=args.device or "auto")
     print(
@@ -288,7 +288,7 @@ def cmd_probe_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dawntrain.train.predict import format_predictions, predict
+    from dawntrain.infer.predict import format_predictions, predict
 
     results = predict(args.checkpoint, args.images, args.top_k, args.tta, args.device or "auto")
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
@@ -296,7 +296,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dawntrain.train.export import export
+    from dawntrain.infer.export import export
 
     model, sidecar = export(args.checkpoint, args.format, args.out)
     print(f"written to {model} and {sidecar}")
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dawntrain: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as e:
-            # guard.RunInterrupted: saved a checkpoint on SIGINT/SIGTERM; exit 128 + signal.
+            # signals.RunInterrupted: saved a checkpoint on SIGINT/SIGTERM; exit 128 + signal.
             if str(e):
                 print(f"dawntrain: {e}", file=sys.stderr)
             return getattr(e, "exit_code", 130)

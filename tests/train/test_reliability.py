@@ -24,7 +24,7 @@ from dawntrain.cli import main
 from dawntrain.config import resolve
 from dawntrain.data import tfrecord
 from dawntrain.errors import CheckpointError, DawntrainError, RecordError
-from dawntrain.train import checkpoint, fit, guard, loop
+from dawntrain.train import checkpoint, fit, lock, loop
 from dawntrain.train.loop import NonFiniteLoss
 from synthetic import image_folder, tiny_dataset
 
@@ -217,7 +217,7 @@ def config(out, **kw):
 def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    with guard.run_lock(out):
+    with lock.run_lock(out):
         assert main(["train", "--data", "sample", "--out", str(out)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and f"(pid {os.getpid()} on host" in err[0] and ".lock" in err[0]
@@ -227,7 +227,7 @@ def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(tmp_path, c
     (out / ".lock").write_text('{"pid": 999999, "host": "gone", "started": "yesterday"}\n')
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"torn")
-    with pytest.warns(guard.StaleLockWarning, match="pid 999999 on host gone"):
+    with pytest.warns(lock.StaleLockWarning, match="pid 999999 on host gone"):
         fit(config(out, epochs=1), dataset=tiny_dataset())
     assert not (out / ".lock").exists() and not list((out / "checkpoints").glob(".*"))
 

@@ -170,7 +170,7 @@ def figure_confusion(predictions: dict[str, np.ndarray], title: str = "") -> Fig
 
 def plot_confusion(run_dir: Path, out: Path | None = None, data=None, device: str = "auto") -> Path:
     """RUN's last.pt on its test set (or `data`) as confusion.png; caches RUN/predictions.npz."""
-    from dawntrain.train.predict import run_predictions
+    from dawntrain.infer.predict import run_predictions
 
     run_dir = Path(run_dir)
     fig = figure_confusion(run_predictions(run_dir, data, device), title=run_dir.name)

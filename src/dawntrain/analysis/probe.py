@@ -34,8 +34,8 @@ from dawntrain.data.batches import (
 )
 from dawntrain.errors import CheckpointError, ConfigError
 from dawntrain.models import model_for
+from dawntrain.runtime.device import resolve_device
 from dawntrain.train import checkpoint as ckpt
-from dawntrain.train.device import resolve_device
 from dawntrain.train.guard import checked_dataset
 from dawntrain.train.loop import loss_fn, make_normalizer, make_schedule, make_splits
 

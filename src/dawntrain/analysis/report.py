@@ -96,7 +96,7 @@ def figure_predictions(predictions: dict[str, np.ndarray]):
 
 def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
     """The report page of a run directory, as HTML text."""
-    from dawntrain.train.predict import run_predictions
+    from dawntrain.infer.predict import run_predictions
 
     run_dir = Path(run_dir)
     config_path, metrics_path = run_dir / "config.toml", run_dir / "metrics.jsonl"

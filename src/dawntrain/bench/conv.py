@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from dawntrain.models.conv import conv3x3_matmul
-from dawntrain.train.device import autocast, describe, resolve_precision
-from dawntrain.train.malloc import freed_memory_kept
+from dawntrain.runtime.device import autocast, describe, resolve_precision
+from dawntrain.runtime.malloc import freed_memory_kept
 
 # (batch, channels in = out, side)
 SHAPES = [

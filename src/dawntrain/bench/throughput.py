@@ -17,12 +17,12 @@ import torch
 from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
 from dawntrain.data.batches import Normalizer, crop_flip
+from dawntrain.engine.optim import make_sgd, set_lr, step_lr
 from dawntrain.models import model_for
 from dawntrain.models.conv import matmul_layers
-from dawntrain.train.device import describe, resolve_device, resolve_precision, synchronize
+from dawntrain.runtime.device import describe, resolve_device, resolve_precision, synchronize
+from dawntrain.runtime.malloc import freed_memory_kept
 from dawntrain.train.loop import train_step
-from dawntrain.train.malloc import freed_memory_kept
-from dawntrain.train.optim import make_sgd, set_lr, step_lr
 
 
 @dataclass

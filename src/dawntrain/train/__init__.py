@@ -1,4 +1,4 @@
-"""Training: one loop for every preset, its schedules, optimizer conventions and checkpoints."""
+"""Training: fit(), the one loop every preset runs; checkpoints, the run lock, stop signals."""
 
 from dawntrain.train.loop import fit
 

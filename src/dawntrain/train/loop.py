@@ -36,20 +36,22 @@ from dawntrain.data.batches import (
     steps_per_epoch,
     train_batches,
 )
+from dawntrain.engine.lookahead import Lookahead
+from dawntrain.engine.nonfinite import SkipNonFinite
+from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr, step_lr
+from dawntrain.engine.schedules import Staircase, one_cycle
 from dawntrain.errors import CheckpointError, DawntrainError
 from dawntrain.models import model_for
-from dawntrain.train import checkpoint, distributed, guard
-from dawntrain.train.device import (
+from dawntrain.runtime import distributed
+from dawntrain.runtime.device import (
     autocast,
     describe,
     resolve_precision,
     synchronize,
 )
+from dawntrain.runtime.malloc import freed_memory_kept
+from dawntrain.train import checkpoint, guard, lock, signals
 from dawntrain.train.log import MetricsLog
-from dawntrain.train.lookahead import Lookahead
-from dawntrain.train.malloc import freed_memory_kept
-from dawntrain.train.optim import freeze_group, make_optimizer, set_lr, step_lr
-from dawntrain.train.schedules import Staircase, one_cycle
 
 MAX = distributed.dist.ReduceOp.MAX
 # Config keys that may differ between a checkpoint and the run that resumes it.
@@ -311,7 +313,7 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
     out = Path(config.out) if config.out else default_out(config)
     out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
     ckpt_dir = out / "checkpoints"
-    cleanup.enter_context(guard.run_lock(out, world))  # one run at a time writes `out`
+    cleanup.enter_context(lock.run_lock(out, world))  # one run at a time writes `out`
 
     dataset = guard.checked_dataset(config, dataset)
     splits = make_splits(config, dataset)
@@ -450,8 +452,8 @@ def _fit(config: Config, world, resume, dataset, stream, cleanup) -> dict[str, A
 
     aug = config.crop_padding > 0 or config.flip
     total_steps = steps * config.epochs
-    skipper = guard.SkipNonFinite(model, optimizer) if config.on_nonfinite == "skip-step" else None
-    stop = cleanup.enter_context(guard.StopSignals(world))  # Ctrl-C: finish the step, save, exit
+    skipper = SkipNonFinite(model, optimizer) if config.on_nonfinite == "skip-step" else None
+    stop = cleanup.enter_context(signals.StopSignals(world))  # Ctrl-C: finish the step, save, exit
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()

@@ -1,9 +1,9 @@
 import torch
 
 from dawntrain.config import resolve
+from dawntrain.engine.muon import MuonSGD, orthogonalize
+from dawntrain.engine.optim import make_optimizer, set_lr
 from dawntrain.models import build_model
-from dawntrain.train.muon import MuonSGD, orthogonalize
-from dawntrain.train.optim import make_optimizer, set_lr
 
 
 def test_orthogonalize_keeps_singular_vectors_and_flattens_singular_values():

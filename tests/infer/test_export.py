@@ -10,10 +10,10 @@ import torch
 
 from dawntrain.cli import main
 from dawntrain.config import resolve
+from dawntrain.infer.evaluate import load_model
+from dawntrain.infer.export import export
 from dawntrain.models import build_model
 from dawntrain.train import fit
-from dawntrain.train.evaluate import load_model
-from dawntrain.train.export import export
 
 has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
 

@@ -21,9 +21,9 @@ from torch import nn
 
 from dawntrain.data.batches import Normalizer, eval_batches
 from dawntrain.errors import CheckpointError, DataError
+from dawntrain.infer.evaluate import load_model
+from dawntrain.runtime.device import autocast, resolve_precision
 from dawntrain.train import guard
-from dawntrain.train.device import autocast, resolve_precision
-from dawntrain.train.evaluate import load_model
 from dawntrain.train.loop import tta_logits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -13,10 +13,10 @@ from PIL import Image
 from dawntrain.cli import main
 from dawntrain.config import resolve
 from dawntrain.errors import DataError
+from dawntrain.infer.evaluate import load_model
+from dawntrain.infer.predict import predict, run_predictions
 from dawntrain.train import fit
-from dawntrain.train.evaluate import load_model
 from dawntrain.train.loop import tta_logits
-from dawntrain.train.predict import predict, run_predictions
 from synthetic import tiny_dataset as _tiny_dataset
 
 tiny_dataset = partial(_tiny_dataset, n=64, n_test=24)
@@ -80,7 +80,7 @@ def test_tta_averages_the_runs_views_and_top_k_cuts(run, tmp_path):
 
 
 def test_run_predictions_match_evaluate_and_are_cached(run, monkeypatch):
-    from dawntrain.train import predict as predict_module
+    from dawntrain.infer import predict as predict_module
     from dawntrain.train.loop import evaluate
 
     result = run_predictions(run.out, run.data, device="cpu")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from dawntrain.errors import ConfigError
-from dawntrain.train.evaluate import load_model
-from dawntrain.train.predict import input_size
+from dawntrain.infer.evaluate import load_model
+from dawntrain.infer.predict import input_size
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 ONNX_OPSET = 17

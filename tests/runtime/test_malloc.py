@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dawntrain.train.malloc import freed_memory_kept, keep_freed_memory
+from dawntrain.runtime.malloc import freed_memory_kept, keep_freed_memory
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="mallopt thresholds are glibc's (Linux)"
@@ -18,7 +18,7 @@ glibc_only = pytest.mark.skipif(
 # are above 32 MiB, the most that glibc's own adaptive threshold moves from mmap to the heap.
 STEPS = """
 import resource, sys, torch
-from dawntrain.train.malloc import keep_freed_memory
+from dawntrain.runtime.malloc import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 sizes, rounds, last = [48 << 20, 40 << 20, 48 << 20], 12, 4

@@ -4,8 +4,8 @@ import pytest
 
 from dawntrain.config import resolve
 from dawntrain.errors import DataError
+from dawntrain.infer.evaluate import evaluate_checkpoint
 from dawntrain.train import fit
-from dawntrain.train.evaluate import evaluate_checkpoint
 from synthetic import image_folder
 
 SETS = ["width=4", "epochs=1", "batch_size=16", "image_size=16", "dropout=0.0", "tta_level=0"]

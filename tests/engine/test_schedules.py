@@ -1,6 +1,6 @@
 import pytest
 
-from dawntrain.train.schedules import PiecewiseLinear, Staircase, one_cycle
+from dawntrain.engine.schedules import PiecewiseLinear, Staircase, one_cycle
 
 
 def test_davidnet_schedule_prints_the_original_log_values():

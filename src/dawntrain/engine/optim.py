@@ -97,7 +97,7 @@ def make_optimizer(model: nn.Module, config, batch_size: int) -> torch.optim.Opt
             batch_size,
             config.bias_lr_scale,
         )
-    from dawntrain.train.muon import MuonSGD
+    from dawntrain.engine.muon import MuonSGD
 
     groups = param_groups(model, config.bias_lr_scale)
     wd = step_weight_decay(config.weight_decay, batch_size)

@@ -13,8 +13,8 @@ from torch import nn
 from dawntrain.config import Config, apply
 from dawntrain.data.batches import Normalizer
 from dawntrain.models import model_for
+from dawntrain.runtime.device import resolve_device, resolve_precision
 from dawntrain.train import checkpoint, guard
-from dawntrain.train.device import resolve_device, resolve_precision
 from dawntrain.train.loop import evaluate
 
 

@@ -16,7 +16,7 @@ import torch.distributed.nn as dist_nn
 from torch import nn
 
 from dawntrain.errors import ConfigError, DawntrainError
-from dawntrain.train.device import resolve_device
+from dawntrain.runtime.device import resolve_device
 
 
 @dataclass

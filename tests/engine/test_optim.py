@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from dawntrain.train.optim import make_sgd, set_lr, step_lr
+from dawntrain.engine.optim import make_sgd, set_lr, step_lr
 
 
 def reference_steps(w0, grads, lrs, wd, batch, momentum=0.9):

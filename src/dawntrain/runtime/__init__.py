@@ -1,0 +1,1 @@
+"""Where and how the process computes: device and precision, torch.distributed, the CPU allocator."""
