@@ -11,8 +11,9 @@ from PIL import Image
 
 from dawntrain.cli import main
 from dawntrain.data import download as download_module
-from dawntrain.data import sources
-from dawntrain.data.records import image_record_from_array, write_manifest, write_shards
+from dawntrain.data.codec.record import image_record_from_array
+from dawntrain.data.convert import write_manifest, write_shards
+from dawntrain.data.readers import cifar
 from dawntrain.errors import DataError
 
 TINY = [
@@ -254,11 +255,11 @@ def test_a_download_with_a_wrong_checksum_is_deleted_retried_once_then_an_error(
 ):
     junk = tmp_path / "fake-cifar.tar.gz"
     junk.write_bytes(b"not the archive")
-    monkeypatch.setattr(sources, "CIFAR10_URL", junk.as_uri())
+    monkeypatch.setattr(cifar, "CIFAR10_URL", junk.as_uri())
     fetches = []
-    real_fetch = download_module._fetch
+    real_fetch = download_module.fetch
     monkeypatch.setattr(
-        download_module, "_fetch", lambda *a, **k: fetches.append(a) or real_fetch(*a, **k)
+        download_module, "fetch", lambda *a, **k: fetches.append(a) or real_fetch(*a, **k)
     )
     assert main(["train", "--data", "cifar10", *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()

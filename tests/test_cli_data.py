@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dawntrain.cli import main
-from dawntrain.data.tfrecord import read_records
+from dawntrain.data.codec.tfrecord import read_records
 
 
 @pytest.fixture(autouse=True)

@@ -230,7 +230,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from dawntrain.data.convert import first_bad_message, format_inspection, inspect
+    from dawntrain.data.readers.records import first_bad_message, format_inspection, inspect
     from dawntrain.errors import RecordError
 
     report = inspect(args.paths, split=args.split, verify=args.verify)

@@ -60,7 +60,7 @@ class Config:
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
     val_from_train: int = 0  # hold out this many training images as the validation set
-    image_size: int = 0  # expected image side; 0: the model's (see guard.MODEL_IMAGE_SIZE)
+    image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
     # Optimisation.
     epochs: int = 24

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from dawntrain.data.batches import (
@@ -8,6 +9,7 @@ from dawntrain.data.batches import (
     crop_flip,
     epoch_plan,
     reflect_index,
+    samplewise_standardize,
     steps_per_epoch,
     train_batches,
 )
@@ -104,3 +106,30 @@ def test_samplewise_normalizer_matches_float64_reference():
         f.std(axis=(1, 2, 3), keepdims=True) + 1e-6
     )
     np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def _keras_reference(images_nhwc_uint8: np.ndarray) -> np.ndarray:
+    """ImageDataGenerator.standardize on each image in float64, returned as NCHW."""
+    out = []
+    for x in images_nhwc_uint8.astype(np.float64):
+        x *= 1.0 / 255
+        x -= np.mean(x, keepdims=True)
+        x /= np.std(x, keepdims=True) + 1e-6
+        out.append(x.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def test_samplewise_standardize_matches_keras():
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
+    batch[1] = rng.integers(100, 104, (8, 6, 3))  # low contrast: the epsilon matters more
+    batch[2] = 7  # constant image: zeros, not NaN
+    ref = _keras_reference(batch)
+    out = samplewise_standardize(torch.from_numpy(batch))
+    assert out.dtype == torch.float32 and out.shape == (5, 3, 8, 6)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert (out[2] == 0).all()
+    scaled = torch.from_numpy(batch).permute(0, 3, 1, 2).double() / 255
+    np.testing.assert_allclose(samplewise_standardize(scaled).numpy(), ref, rtol=1e-10, atol=1e-9)
+    with pytest.raises(TypeError):
+        samplewise_standardize(torch.zeros(1, 3, 2, 2, dtype=torch.int32))

@@ -14,27 +14,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dawntrain.data import load, records
-from dawntrain.data.convert import convert, record_splits, shard_counts
-from dawntrain.data.example import decode_example
+from dawntrain.data import load
+from dawntrain.data.codec.example import decode_example
+from dawntrain.data.codec.tfrecord import read_records
+from dawntrain.data.convert import convert, shard_counts
 from dawntrain.data.images import ConvertedToRGBWarning
-from dawntrain.data.sources import load_dataset
-from dawntrain.data.tfrecord import read_records
-from dawntrain.data.tiny_imagenet import load_tiny_imagenet
+from dawntrain.data.readers import records
+from dawntrain.data.readers.records import record_splits
 from dawntrain.errors import ConfigError, DataError
 
 
 def _sibling(name: str):
     """A helper module among the tests (pytest's importlib mode puts none on sys.path)."""
     spec = importlib.util.spec_from_file_location(
-        f"_{name}", Path(__file__).with_name(f"{name}.py")
+        f"_{name}", Path(__file__).parent / "readers" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-make_cifar_archive = _sibling("test_sources").make_cifar_archive
+make_cifar_archive = _sibling("test_cifar").make_cifar_archive
 write_fake_tiny_imagenet = _sibling("test_tiny_imagenet").write_fake_tiny_imagenet
 
 
@@ -80,7 +80,7 @@ def features_of(directory: Path, split: str) -> list[dict]:
 def quiet_load(source, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvertedToRGBWarning)
-        return load_dataset(source, progress=False, **kw)
+        return load(source, progress=False, **kw)
 
 
 def test_image_folder_keeps_the_original_bytes_and_writes_the_manifest(tmp_path):
@@ -159,12 +159,12 @@ def test_tiny_imagenet_train_val_and_unlabelled_test(tmp_path):
     ]
 
     # Training data: train, and val as the test set (test has no labels).
-    data, reference = load(str(out)), load_tiny_imagenet(top, progress=False)
+    data, reference = load(str(out)), load(top, progress=False)  # the folder: val as test too
     np.testing.assert_array_equal(data.train_images, reference.train_images)
     np.testing.assert_array_equal(data.train_labels, reference.train_labels)
-    np.testing.assert_array_equal(data.test_images, reference.val_images)
-    np.testing.assert_array_equal(data.test_labels, reference.val_labels)
-    assert data.class_names == reference.class_words
+    np.testing.assert_array_equal(data.test_images, reference.test_images)
+    np.testing.assert_array_equal(data.test_labels, reference.test_labels)
+    assert data.class_names == reference.class_names
 
     seed = convert(top, tmp_path / "seed", layout="seed", progress=False)
     assert sorted(seed["splits"]) == ["train", "val"] and seed["unlabelled"] == []

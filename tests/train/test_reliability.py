@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
+from dawntrain import files
 from dawntrain.cli import main
 from dawntrain.config import resolve
-from dawntrain.data import tfrecord
+from dawntrain.data.codec import tfrecord
 from dawntrain.errors import CheckpointError, DawntrainError, RecordError
 from dawntrain.train import checkpoint, fit, lock, loop
 from dawntrain.train.loop import NonFiniteLoss
@@ -379,7 +380,7 @@ def test_full_disk_in_a_run_ends_it_with_the_last_checkpoint_whole(tmp_path, mon
 def test_full_disk_while_writing_a_shard_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "train-00000-of-00001.tfrecord.gz"
     tfrecord.write_records(path, [b"old"])
-    monkeypatch.setattr(tfrecord, "open", lambda *a: FullDisk(open(*a), 50), raising=False)  # noqa: SIM115
+    monkeypatch.setattr(files, "open", lambda *a: FullDisk(open(*a), 50), raising=False)  # noqa: SIM115
     with pytest.raises(RecordError, match="disk is full.*partial file was removed.*intact"):
         tfrecord.write_records(path, [os.urandom(5000) for _ in range(3)])
     monkeypatch.undo()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dawntrain.config import Config
-from dawntrain.data.sources import default_cache_dir
+from dawntrain.data import default_cache_dir
 from dawntrain.train.guard import checked_dataset
 from dawntrain.train.loop import fit
 

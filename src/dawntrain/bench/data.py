@@ -3,8 +3,9 @@
 For each data set (the CIFAR-10 JPEG tarball, the Tiny ImageNet subset): convert it to shards
 (time, and the shards' total size against the source tarball's), then time reading every record
 with its CRC checked (no decoding), reading and decoding every record (records.load_record_split)
-and decoding the image folder itself (sources.load_dataset into a throwaway cache, which includes
-writing that cache; tiny_imagenet.load_tiny_imagenet). Every step uses `workers` processes.
+and decoding the image folder itself (dawntrain.data.load into a throwaway cache, which includes writing
+that cache; for Tiny ImageNet every split of its listing, decoded). Every step uses `workers`
+processes.
 Each is timed once: a data set is read and decoded as a whole, which takes seconds.
 """
 
@@ -22,9 +23,11 @@ import google_crc32c
 import numpy as np
 import PIL
 
-from dawntrain.data.convert import convert, record_splits
-from dawntrain.data.records import load_record_split
-from dawntrain.data.tfrecord import read_records
+from dawntrain.data import load
+from dawntrain.data.codec.tfrecord import read_records
+from dawntrain.data.convert import convert
+from dawntrain.data.readers import tiny_imagenet
+from dawntrain.data.readers.records import load_record_split, record_splits
 from dawntrain.errors import DataError
 
 SHARED_DATA = Path("../shared/data")
@@ -65,13 +68,10 @@ def _decode_records(paths_by_split: dict[str, list[Path]], workers: int) -> int:
 
 def _decode_folder(kind: str, source: Path, cache_dir: Path, workers: int) -> int:
     if kind == "tiny":
-        from dawntrain.data.tiny_imagenet import load_tiny_imagenet
-
-        t = load_tiny_imagenet(source, workers=workers, progress=False)
-        return len(t.train_labels) + len(t.val_labels) + len(t.test_images)
-    from dawntrain.data.sources import load_dataset
-
-    d = load_dataset(source, cache_dir=cache_dir, progress=False, workers=workers)
+        listing = tiny_imagenet.list_tiny_imagenet(source)
+        splits = ("train", "val", "test")
+        return sum(len(listing.decode(s, workers=workers, progress=False)) for s in splits)
+    d = load(source, cache_dir=cache_dir, progress=False, workers=workers)
     return len(d.train_labels) + len(d.test_labels)
 
 

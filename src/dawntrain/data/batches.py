@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# keras_preprocessing's samplewise_std_normalization epsilon (standalone Keras <= 2.1 used 1e-7).
+KERAS_STD_EPS = 1e-6
+
 
 def generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator whose stream depends on (seed, *keys) and on nothing else."""
@@ -106,7 +109,7 @@ class Normalizer:
             # Keras samplewise_center + samplewise_std_normalization on [0, 1] images.
             x = x / 255.0
             x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-            x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + 1e-6)
+            x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + KERAS_STD_EPS)
         else:
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -118,6 +121,28 @@ class Normalizer:
             "std": self.std.flatten().tolist(),
             "samplewise": self.samplewise,
         }
+
+
+def samplewise_standardize(x: torch.Tensor, eps: float = KERAS_STD_EPS) -> torch.Tensor:
+    """The original's Keras preprocessing on a batch: rescale=1/255, samplewise_center and
+    samplewise_std_normalization, i.e. per image (x - mean) / (std + eps), the mean and the
+    population std taken over all of the image's pixels and channels.
+
+    x is either uint8 (N, H, W, C) as stored, rescaled to [0, 1] and returned as float32
+    (N, C, H, W), or a float (N, C, H, W) batch already on the [0, 1] scale (for instance after
+    augmentation), returned in its own dtype. Statistics are taken in at least float32.
+    """
+    scale = 1.0
+    if x.dtype == torch.uint8:
+        # Work on the 0..255 scale, where float32 sums of the pixels are exact (a constant image
+        # gives exact zeros): (x/255 - m/255) / (s/255 + eps) = (x - m) / (s + 255 eps).
+        x, scale = x.permute(0, 3, 1, 2).float(), 255.0
+    elif not x.is_floating_point():
+        raise TypeError(f"expected uint8 NHWC or float NCHW images, got {x.dtype}")
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mean = work.mean(dim=(1, 2, 3), keepdim=True)
+    std = work.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    return ((work - mean) / (std + eps * scale)).to(x.dtype)
 
 
 def train_batches(

@@ -29,6 +29,12 @@ class CacheRebuiltWarning(UserWarning):
     """A cache entry was unreadable (corrupt, truncated, old format) and has been rebuilt."""
 
 
+def default_cache_dir() -> Path:
+    """$DAWNTRAIN_DATA, else ~/.cache/dawntrain: where archives are looked for and arrays cached."""
+    env = os.environ.get("DAWNTRAIN_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dawntrain"
+
+
 def _load_entry(entry: Path) -> dict[str, np.ndarray]:
     """Memory-map every array of an entry, checking them against meta.json; raise ValueError."""
     info = json.loads((entry / "meta.json").read_text())

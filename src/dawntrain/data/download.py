@@ -1,38 +1,38 @@
-"""Download a file atomically, with a progress bar and a checksum check."""
+"""Download a file atomically (dawntrain.files.atomic_write), with a progress bar and a checksum
+check before the file appears."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 from dawntrain.errors import DataError
+from dawntrain.files import CHUNK_BYTES, atomic_write
 
-CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file's bytes (hashlib algorithm name: "md5", "sha256", ...)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _Mismatch(Exception):
+    """The downloaded bytes do not have the expected checksums."""
+
+    def __init__(self, wrong: dict[str, str]):
+        super().__init__(wrong)
+        self.wrong = wrong
 
 
-def _fetch(
-    url: str, tmp: Path, algorithms: list[str], label: str, progress: bool
+def fetch(
+    url: str, out: BinaryIO, algorithms: list[str], label: str, progress: bool
 ) -> dict[str, str]:
-    """Stream url into tmp and return the hex digests of what was written."""
+    """Stream url into the open file `out` and return the hex digests of what was written."""
     digests = {name: hashlib.new(name) for name in algorithms}
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             with tqdm(
                 total=int(length) if length else None,
@@ -71,26 +71,25 @@ def download(
     """
     dest = Path(dest)
     expected = {name: value.lower() for name, value in (("md5", md5), ("sha256", sha256)) if value}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The pid keeps two processes downloading the same file from writing into one temp file.
-    tmp = dest.with_name(f"{dest.name}.part{os.getpid()}")
     show = progress and sys.stderr.isatty()
     if progress and not show:
         print(f"downloading {url} to {dest}", file=sys.stderr)
-    try:
-        for attempt in (1, 2):
-            got = _fetch(url, tmp, list(expected), dest.name, show)
-            wrong = {name: got[name] for name in expected if got[name] != expected[name]}
-            if not wrong:
-                os.replace(tmp, dest)
-                return dest
-            tmp.unlink()
-            if attempt == 1 and progress:
-                print(f"checksum mismatch for {dest.name}; downloading it again", file=sys.stderr)
-        name, value = next(iter(wrong.items()))
-        raise DataError(
-            f"{dest}: the {name} of the file downloaded from {url} is {value}, expected "
-            f"{expected[name]} (tried twice; the download was deleted)"
-        )
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write_verified(out: BinaryIO) -> None:
+        got = fetch(url, out, list(expected), dest.name, show)
+        wrong = {name: got[name] for name in expected if got[name] != expected[name]}
+        if wrong:
+            raise _Mismatch(wrong)  # atomic_write deletes what was written
+
+    for attempt in (1, 2):
+        try:
+            return atomic_write(dest, write_verified, error=DataError)
+        except _Mismatch as e:
+            wrong = e.wrong
+        if attempt == 1 and progress:
+            print(f"checksum mismatch for {dest.name}; downloading it again", file=sys.stderr)
+    name, value = next(iter(wrong.items()))
+    raise DataError(
+        f"{dest}: the {name} of the file downloaded from {url} is {value}, expected "
+        f"{expected[name]} (tried twice; the download was deleted)"
+    )

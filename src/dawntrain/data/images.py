@@ -1,18 +1,22 @@
-"""Decode encoded images (JPEG, PNG, ...) into one (N, H, W, 3) uint8 array with Pillow.
+"""Images for every reader: which files are images, decoding encoded images (JPEG, PNG, ...)
+into one (N, H, W, 3) uint8 array with Pillow, resizing (bilinear, the one filter the data
+layer uses), and the worker-process pool that records, conversion and decoding share.
 
-Shared by every reader of encoded images (CIFAR-10 image folders, Tiny ImageNet, the sample).
 Large inputs are decoded by a pool of worker processes in chunks; the result is the same
 array, in the same order, as a serial decode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,9 @@ from dawntrain.errors import DataError
 PARALLEL_MIN_ITEMS = 500
 CHUNK_SIZE = 1000
 
+# Same list as torchvision's ImageFolder; other files in class folders are ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
 EncodedImage = tuple[str, bytes | Path]
 
 
@@ -33,9 +40,58 @@ class ConvertedToRGBWarning(UserWarning):
     """Some images were not RGB (grayscale, palette, CMYK, alpha, ...) and were converted."""
 
 
+def is_image_file(name: str) -> bool:
+    """Whether a file name has one of IMAGE_EXTENSIONS (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def default_workers() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(2, cpus or 1))
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor | None:
+    """`workers` worker processes, or None (work inline) for one or fewer."""
+    if workers <= 1:
+        return None
+    # spawn, not fork: the caller may hold torch/tqdm threads, and fork with threads can deadlock.
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+
+
+def ordered_map(
+    fn: Callable, tasks: Iterable[tuple], pool: ProcessPoolExecutor | None, in_flight: int
+) -> Iterator:
+    """fn(*task) for each task, in order, on `pool` (inline without one), with at most
+    `in_flight` tasks submitted ahead so that a stream is never read far ahead. If a task
+    fails, the ones submitted after it are cancelled."""
+    if pool is None:
+        for task in tasks:
+            yield fn(*task)
+        return
+    pending: deque[Future] = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(fn, *task))
+            if len(pending) >= max(1, in_flight):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def resize_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The data layer's one resize: bilinear, as every reader decodes to a size."""
+    return image.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 → (N, side, side, 3), with `resize_image`."""
+    out = np.empty((len(images), side, side, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(resize_image(Image.fromarray(np.asarray(image)), side, side))
+    return out
 
 
 def _open(name: str, source: bytes | Path) -> Image.Image:
@@ -81,7 +137,7 @@ def _decode_chunk(
                     f"{name}: image is {_size_text(image.height, image.width)}, expected "
                     f"{_size_text(height, width)}; pass --resize to resize images"
                 )
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
+            image = resize_image(image, width, height)
         out[i] = np.asarray(image)
     return out, converted, example
 
@@ -112,31 +168,20 @@ def decode_images(
     workers = default_workers() if workers is None else max(1, workers)
     show = progress is not None and sys.stderr.isatty()
     converted, example = 0, None
-    with tqdm(total=n, desc=progress, unit="img", disable=not show, file=sys.stderr) as bar:
-        if workers == 1 or n < PARALLEL_MIN_ITEMS:
-            step = 256
-            for start in range(0, n, step):
-                chunk, c, e = _decode_chunk(items[start : start + step], size, resize)
-                out[start : start + len(chunk)] = chunk
-                converted, example = converted + c, example or e
-                bar.update(len(chunk))
-        else:
-            starts = range(0, n, CHUNK_SIZE)
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [
-                    pool.submit(_decode_chunk, items[s : s + CHUNK_SIZE], size, resize)
-                    for s in starts
-                ]
-                try:
-                    for start, future in zip(starts, futures, strict=True):
-                        chunk, c, e = future.result()
-                        out[start : start + len(chunk)] = chunk
-                        converted, example = converted + c, example or e
-                        bar.update(len(chunk))
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+    # Inline, small chunks keep the progress bar moving; a worker gets bigger ones.
+    parallel = workers > 1 and n >= PARALLEL_MIN_ITEMS
+    step = CHUNK_SIZE if parallel else 256
+    starts = range(0, n, step)
+    tasks = ((items[s : s + step], size, resize) for s in starts)
+    with (
+        tqdm(total=n, desc=progress, unit="img", disable=not show, file=sys.stderr) as bar,
+        process_pool(workers if parallel else 1) or contextlib.nullcontext() as pool,
+    ):
+        chunks = ordered_map(_decode_chunk, tasks, pool, in_flight=len(starts))
+        for start, (chunk, c, e) in zip(starts, chunks, strict=True):
+            out[start : start + len(chunk)] = chunk
+            converted, example = converted + c, example or e
+            bar.update(len(chunk))
     if converted:
         warnings.warn(
             f"converted {converted} of {n} images to RGB (e.g. {example})",

@@ -5,16 +5,13 @@ A record on disk (after decompression) is
     uint64 length (little-endian) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
 
 Reading streams the file in 1 MiB chunks (decompressed with zlib as it goes), so a shard of any
-size reads in bounded memory. Writing goes to a temporary file that replaces the target only once
-it is complete and on disk, so a reader never sees half a shard.
+size reads in bounded memory. Writing goes through dawntrain.files.atomic_write: a temporary file
+replaces the target only once it is complete and on disk, so a reader never sees half a shard.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -25,6 +22,7 @@ from typing import BinaryIO
 import google_crc32c
 
 from dawntrain.errors import ConfigError, RecordError
+from dawntrain.files import PathLike, atomic_write
 
 if google_crc32c.implementation != "c":
     warnings.warn(
@@ -34,7 +32,6 @@ if google_crc32c.implementation != "c":
         stacklevel=2,
     )
 
-PathLike = str | os.PathLike
 _CHUNK = 1 << 20
 _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
@@ -67,36 +64,6 @@ def normalize_compression(compression: str | None, path: PathLike | None = None)
     return name
 
 
-@contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside `path` for writing; on success fsync it and move it over
-    `path`. On any error the temporary file is removed and `path` is left as it was."""
-    path = Path(path)
-    # A dot prefix and .tmp suffix keep it out of globs like 'train-*.tfrecord.gz'.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RecordError(
-                f"{path}: the disk is full (or over quota) while writing; the partial file was "
-                f"removed and any previous {path.name} is intact; free space and write again"
-            ) from e
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; not possible everywhere
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def write_records(path: PathLike, records: Iterable[bytes], compression: str | None = None) -> int:
     """Write `records` to a TFRecord file atomically and return how many were written.
     compression: 'none' | 'gzip' | 'zlib', or None to infer it from the suffix (.gz, .zz)."""
@@ -104,7 +71,9 @@ def write_records(path: PathLike, records: Iterable[bytes], compression: str | N
     if compression == "auto":
         raise ConfigError("compression 'auto' is only for reading; pass 'none', 'gzip' or 'zlib'")
     count = 0
-    with atomic_write(path) as f:
+
+    def write(f: BinaryIO) -> None:
+        nonlocal count
         if compression == "none":
             out, finish = f.write, None
         else:
@@ -128,6 +97,8 @@ def write_records(path: PathLike, records: Iterable[bytes], compression: str | N
             count += 1
         if finish is not None:
             finish()
+
+    atomic_write(path, write, error=RecordError)
     return count
 
 

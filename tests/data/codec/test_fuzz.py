@@ -14,9 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dawntrain.data.example import decode_example, encode_example, parse_tensor, serialize_tensor
-from dawntrain.data.records import ImageRecord, decode_record, encode_record
-from dawntrain.data.tfrecord import masked_crc32c, read_records, write_records
+from dawntrain.data.codec.example import (
+    decode_example,
+    encode_example,
+    parse_tensor,
+    serialize_tensor,
+)
+from dawntrain.data.codec.record import ImageRecord, decode_record, encode_record
+from dawntrain.data.codec.tfrecord import masked_crc32c, read_records, write_records
 from dawntrain.errors import RecordError
 
 COMPRESSIONS = ["none", "gzip", "zlib"]

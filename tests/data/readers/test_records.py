@@ -1,4 +1,5 @@
-"""Record layouts, sharded directories with a manifest, the decode-once loader and the stream."""
+"""Record layouts (codec/record.py), sharded directories with a manifest (written by convert.py),
+the decode-once loader, inspection and the stream (readers/records.py, readers/stream.py)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dawntrain.data import records as records_module
-from dawntrain.data.example import decode_example, parse_tensor
-from dawntrain.data.records import (
+from dawntrain.data import convert as convert_module
+from dawntrain.data.codec.example import decode_example, parse_tensor
+from dawntrain.data.codec.record import (
     ImageRecord,
-    RecordStream,
     destandardize_image,
     encode_record,
     image_record_from_array,
+    standardize_image,
+)
+from dawntrain.data.codec.tfrecord import read_records, write_records
+from dawntrain.data.convert import write_manifest, write_shards
+from dawntrain.data.readers import records as records_module
+from dawntrain.data.readers.records import (
     inspect_records,
     load_record_split,
     read_manifest,
-    standardize_image,
     verify_manifest,
-    write_manifest,
-    write_shards,
 )
-from dawntrain.data.tfrecord import read_records, write_records
+from dawntrain.data.readers.stream import RecordStream
 from dawntrain.errors import DataError, RecordError
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "tfrecord"
+FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}"
 )
@@ -179,9 +182,9 @@ def test_write_shards_manifest_load_round_trip(tmp_path, layout, compression):
 def test_worker_processes_give_the_same_shards_and_arrays(tmp_path, monkeypatch):
     images, records = make_records(12)
     serial = write_shards(tmp_path / "a", "train", records, 2, workers=1, progress=False)
-    monkeypatch.setattr(records_module, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setattr(convert_module, "PARALLEL_MIN_RECORDS", 0)
     monkeypatch.setattr(records_module, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(records_module, "_CHUNK_RECORDS", 5)
+    monkeypatch.setattr(records_module, "CHUNK_RECORDS", 5)
     parallel = write_shards(tmp_path / "b", "train", iter(records), 2, workers=2, progress=False)
     assert parallel == serial
     got, labels, _ = load_record_split(tmp_path / "b", "train", workers=2)

@@ -1,6 +1,8 @@
-"""Tiny ImageNet: read the official tiny-imagenet-200/ layout, and the original's preprocessing.
+"""Tiny ImageNet: the official tiny-imagenet-200/ layout, for training (train, and the labelled
+val split as the test set) and for conversion (every split, with the listing's boxes and notes).
 
-The source is the folder itself, the official tiny-imagenet-200.zip or a .tar.gz of the folder;
+The source is 'tiny-imagenet' (the copy in the cache directory, else the official zip downloaded
+there), the folder itself, the official tiny-imagenet-200.zip or a .tar.gz of the folder;
 archives are read in place (no extraction). The layout:
 
     wnids.txt                      one wnid a line; its order defines the labels
@@ -20,45 +22,58 @@ import tarfile
 import warnings
 import zipfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
 
-from dawntrain.data.images import ConvertedToRGBWarning, decode_images
+from dawntrain.data.cache import default_cache_dir
+from dawntrain.data.dataset import ImageDataset
+from dawntrain.data.download import download
+from dawntrain.data.images import (
+    IMAGE_EXTENSIONS,
+    ConvertedToRGBWarning,
+    decode_images,
+    is_image_file,
+)
+from dawntrain.data.readers.archive import cached_dataset, ignored
+from dawntrain.data.readers.options import DEFAULTS, ReadOptions
 from dawntrain.errors import DataError
 
+NAME = "tiny-imagenet"
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+# The official zip: 248,100,043 bytes; this md5 is the one published with the data loaders that use it.
+TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 IMAGE_SIZE = 64
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
-# keras_preprocessing's samplewise_std_normalization epsilon (standalone Keras <= 2.1 used 1e-7).
-KERAS_STD_EPS = 1e-6
 
 Box = tuple[str, int, int, int, int]  # (wnid, x0, y0, x1, y1)
 
 _HOW_TO_FIX = "re-extract tiny-imagenet-200.zip or fix the file"
 
 
-@dataclass
-class TinyImageNet:
-    """Decoded Tiny ImageNet: uint8 (N, 64, 64, 3) images, int64 labels indexing class_names."""
+def matches(source: str) -> bool:
+    if source == NAME:
+        return True
+    path = Path(source)
+    return (path / "wnids.txt").is_file() or path.name.startswith("tiny-imagenet")
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
-    test_images: np.ndarray
-    train_files: list[str]
-    val_files: list[str]
-    test_files: list[str]
-    class_names: list[str]  # wnids, in wnids.txt order
-    class_words: list[str]  # from words.txt, e.g. "Egyptian cat"
-    boxes: dict[str, Box] = field(default_factory=dict)  # train and val file name -> box
-    notes: list[str] = field(default_factory=list)  # what was converted or ignored
+
+def source_path(source: str, progress: bool = True, cache_dir: Path | None = None) -> Path:
+    """The path a Tiny ImageNet source names: for 'tiny-imagenet' the copy in the cache
+    directory, else the official zip downloaded there."""
+    if source != NAME:
+        return Path(source)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    local = [cache_dir / "tiny-imagenet-200", cache_dir / "tiny-imagenet-200.zip"]
+    found = next((p for p in local if p.exists()), None)
+    if found is None:
+        found = cache_dir / "tiny-imagenet-200.zip"
+        download(TINY_IMAGENET_URL, found, md5=TINY_IMAGENET_MD5, progress=progress)
+    return found
 
 
 def _is_stray(rel: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+    return ignored(rel.split("/"))
 
 
 def _natural_key(name: str) -> list:
@@ -66,7 +81,7 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-class _Tree:
+class Tree:
     """The files under a tiny-imagenet-200/ root, wherever they are stored."""
 
     def __init__(self, label: str, files: dict[str, bytes | Path]):
@@ -94,7 +109,7 @@ def _archive_root(names: list[str], source: Path) -> str:
     return shallowest[: -len("wnids.txt")]
 
 
-def _open_tree(source: Path) -> _Tree:
+def _open_tree(source: Path) -> Tree:
     if not source.exists():
         raise DataError(
             f"{source}: not found; pass the tiny-imagenet-200/ folder, tiny-imagenet-200.zip "
@@ -114,13 +129,13 @@ def _open_tree(source: Path) -> _Tree:
             rel = path.relative_to(root).as_posix()
             if not _is_stray(rel) and path.is_file():
                 files[rel] = path
-        return _Tree(f"{root}/", files)
+        return Tree(f"{root}/", files)
     if zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as archive:
             names = [n for n in archive.namelist() if not n.endswith("/") and not _is_stray(n)]
             prefix = _archive_root(names, source)
             files = {n[len(prefix) :]: archive.read(n) for n in names if n.startswith(prefix)}
-        return _Tree(f"{source}:{prefix}", files)
+        return Tree(f"{source}:{prefix}", files)
     if tarfile.is_tarfile(source):
         # A gzip stream has no index, so read every member in one pass.
         with tarfile.open(source, "r:*") as archive:
@@ -131,14 +146,14 @@ def _open_tree(source: Path) -> _Tree:
             }
         prefix = _archive_root(list(files), source)
         files = {n[len(prefix) :]: d for n, d in files.items() if n.startswith(prefix)}
-        return _Tree(f"{source}:{prefix}", files)
+        return Tree(f"{source}:{prefix}", files)
     raise DataError(
         f"{source}: neither a folder, a .zip nor a tar archive; pass the tiny-imagenet-200/ "
         "folder, tiny-imagenet-200.zip or a .tar.gz of the folder"
     )
 
 
-def _read_table(tree: _Tree, rel: str, columns: int) -> list[list[str]]:
+def _read_table(tree: Tree, rel: str, columns: int) -> list[list[str]]:
     """Tab/space separated rows with `columns` fields, the last four of them integers."""
     rows = []
     for number, line in enumerate(tree.text(rel).splitlines(), 1):
@@ -160,27 +175,12 @@ def _box(wnid: str, coords: list[str]) -> Box:
 
 
 def _images_in(by_dir: dict[str, list[str]], folder: str) -> list[str]:
-    names = [n for n in by_dir.get(folder, []) if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    names = [n for n in by_dir.get(folder, []) if is_image_file(n)]
     return [f"{folder}/{n}" for n in sorted(names, key=_natural_key)]
 
 
-def _decode(
-    tree: _Tree, rels: list[str], split: str, notes: list[str], side: int = IMAGE_SIZE, **kw
-) -> np.ndarray:
-    items = [(tree.where(rel), tree.files[rel]) for rel in rels]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvertedToRGBWarning)
-        images = decode_images(items, (side, side), **kw)
-    for w in caught:
-        if issubclass(w.category, ConvertedToRGBWarning):
-            notes.append(f"{split}: {w.message}")  # Tiny ImageNet has grayscale JPEGs
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return images
-
-
 def _read_train(
-    tree: _Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict, notes: list[str]
+    tree: Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict, notes: list[str]
 ) -> tuple[list[str], list[int]]:
     train_dirs = {rel.split("/")[1] for rel in tree.files if rel.startswith("train/")}
     files, labels = [], []
@@ -194,8 +194,8 @@ def _read_train(
         images = _images_in(by_dir, f"train/{wnid}/images")
         if not images:
             raise DataError(
-                f"{tree.where(f'train/{wnid}/images/')}: no images (.JPEG/.jpg/.png) for class "
-                f"{wnid}; restore them or remove the wnid from wnids.txt"
+                f"{tree.where(f'train/{wnid}/images/')}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"for class {wnid}; restore them or remove the wnid from wnids.txt"
             )
         files += images
         labels += [label] * len(images)
@@ -216,7 +216,7 @@ def _read_train(
 
 
 def _read_val(
-    tree: _Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict
+    tree: Tree, by_dir: dict[str, list[str]], wnids: list[str], boxes: dict
 ) -> tuple[list[str], list[int]]:
     annotations = "val/val_annotations.txt"
     if annotations not in tree.files:
@@ -252,7 +252,7 @@ class TinyImageNetFiles:
     """The checked listing of a Tiny ImageNet source, nothing decoded: files are paths inside
     `tree` (e.g. "val/images/val_0.JPEG"), in label order within each split."""
 
-    tree: _Tree
+    tree: Tree
     wnids: list[str]
     words: dict[str, str]  # wnid -> words.txt text, where it has one
     train: tuple[list[str], list[int]]  # (files, labels)
@@ -264,6 +264,40 @@ class TinyImageNetFiles:
     @property
     def class_words(self) -> list[str]:
         return [self.words.get(wnid, wnid) for wnid in self.wnids]
+
+    def files(self, split: str) -> list[str]:
+        """A split's files ("train" | "val" | "test"), paths inside `tree`, in label order."""
+        return self.test if split == "test" else getattr(self, split)[0]
+
+    def labels(self, split: str) -> np.ndarray:
+        """A labelled split's int64 labels (indexes into wnids)."""
+        return np.array(getattr(self, split)[1], dtype=np.int64)
+
+    def decode(
+        self,
+        split: str,
+        *,
+        side: int = IMAGE_SIZE,
+        resize: bool = False,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """A split's images as uint8 (N, side, side, 3). An image of another size is a DataError
+        unless resize (bilinear); non-RGB images are converted and counted in `notes` (Tiny
+        ImageNet has grayscale JPEGs). Decoding uses `workers` processes (default 2)."""
+        items = [(self.tree.where(rel), self.tree.files[rel]) for rel in self.files(split)]
+        label = f"Tiny ImageNet {split}" if progress else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvertedToRGBWarning)
+            images = decode_images(
+                items, (side, side), resize=resize, workers=workers, progress=label
+            )
+        for w in caught:
+            if issubclass(w.category, ConvertedToRGBWarning):
+                self.notes.append(f"{split}: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return images
 
 
 def list_tiny_imagenet(source: str | Path) -> TinyImageNetFiles:
@@ -299,63 +333,22 @@ def list_tiny_imagenet(source: str | Path) -> TinyImageNetFiles:
     return TinyImageNetFiles(tree, wnids, words, train, val, test, boxes, notes)
 
 
-def load_tiny_imagenet(
-    source: str | Path,
-    *,
-    workers: int | None = None,
-    progress: bool = True,
-    resize: bool = False,
-    side: int = IMAGE_SIZE,
-) -> TinyImageNet:
-    """Read and decode Tiny ImageNet from its folder, official .zip or a .tar.gz of the folder.
+def read(source: str, options: ReadOptions = DEFAULTS) -> ImageDataset:
+    """Tiny ImageNet as an ImageDataset: train, and the official val set (labelled) as the test
+    set; class names are the words.txt words. Images must be 64x64 unless resize (bilinear, to
+    side x side, default 64); non-RGB images are converted. Decoded once, then cached."""
+    path = source_path(source, options.progress, options.cache())
 
-    Labels follow wnids.txt; val labels come from val/val_annotations.txt; test is unlabeled.
-    Non-RGB images are converted (and counted in `notes`); an image that is not 64x64 is a
-    DataError unless resize=True (bilinear, to side x side). Decoding uses `workers` processes
-    (default 2).
-    """
-    listing = list_tiny_imagenet(source)
-    notes = listing.notes
+    def build() -> dict[str, np.ndarray]:
+        listing = list_tiny_imagenet(path)
+        kw = {"side": options.side or IMAGE_SIZE, "resize": options.resize}
+        kw |= {"workers": options.workers, "progress": options.progress}
+        return {
+            "train_images": listing.decode("train", **kw),
+            "train_labels": listing.labels("train"),
+            "test_images": listing.decode("val", **kw),
+            "test_labels": listing.labels("val"),
+            "class_names": np.array(listing.class_words),
+        }
 
-    def decode(rels: list[str], split: str) -> np.ndarray:
-        label = f"Tiny ImageNet {split}" if progress else None
-        kw = {"workers": workers, "resize": resize, "progress": label}
-        return _decode(listing.tree, rels, split, notes, side, **kw)
-
-    (train_files, train_labels), (val_files, val_labels) = listing.train, listing.val
-    return TinyImageNet(
-        train_images=decode(train_files, "train"),
-        train_labels=np.array(train_labels, dtype=np.int64),
-        val_images=decode(val_files, "val"),
-        val_labels=np.array(val_labels, dtype=np.int64),
-        test_images=decode(listing.test, "test"),
-        train_files=[PurePosixPath(f).name for f in train_files],
-        val_files=[PurePosixPath(f).name for f in val_files],
-        test_files=[PurePosixPath(f).name for f in listing.test],
-        class_names=listing.wnids,
-        class_words=listing.class_words,
-        boxes=listing.boxes,
-        notes=notes,
-    )
-
-
-def samplewise_standardize(x: torch.Tensor, eps: float = KERAS_STD_EPS) -> torch.Tensor:
-    """The original's Keras preprocessing on a batch: rescale=1/255, samplewise_center and
-    samplewise_std_normalization, i.e. per image (x - mean) / (std + eps), the mean and the
-    population std taken over all of the image's pixels and channels.
-
-    x is either uint8 (N, H, W, C) as stored, rescaled to [0, 1] and returned as float32
-    (N, C, H, W), or a float (N, C, H, W) batch already on the [0, 1] scale (for instance after
-    augmentation), returned in its own dtype. Statistics are taken in at least float32.
-    """
-    scale = 1.0
-    if x.dtype == torch.uint8:
-        # Work on the 0..255 scale, where float32 sums of the pixels are exact (a constant image
-        # gives exact zeros): (x/255 - m/255) / (s/255 + eps) = (x - m) / (s + 255 eps).
-        x, scale = x.permute(0, 3, 1, 2).float(), 255.0
-    elif not x.is_floating_point():
-        raise TypeError(f"expected uint8 NHWC or float NCHW images, got {x.dtype}")
-    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    mean = work.mean(dim=(1, 2, 3), keepdim=True)
-    std = work.std(dim=(1, 2, 3), keepdim=True, correction=0)
-    return ((work - mean) / (std + eps * scale)).to(x.dtype)
+    return cached_dataset(path, f"Tiny ImageNet at {path}", build, options, "tiny-imagenet-")

@@ -11,10 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dawntrain.data.example import decode_example, encode_example, parse_tensor, serialize_tensor
+from dawntrain.data.codec.example import (
+    decode_example,
+    encode_example,
+    parse_tensor,
+    serialize_tensor,
+)
 from dawntrain.errors import RecordError
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "tfrecord"
+FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
 
 
 # A minimal protobuf wire encoder, independent of the module under test.
@@ -222,7 +227,7 @@ def test_dtype_mismatch_is_a_record_error():
 
 @pytest.mark.skipif(not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}")
 def test_tensorflow_written_examples_re_encode_byte_for_byte():
-    from dawntrain.data.tfrecord import read_records
+    from dawntrain.data.codec.tfrecord import read_records
 
     for data in read_records(FIXTURES / "seed-format-00-of-02.tfrecord.gz"):
         features = decode_example(data)

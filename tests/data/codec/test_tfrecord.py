@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dawntrain.data.tfrecord import (
+from dawntrain.data.codec.tfrecord import (
     detect_compression,
     masked_crc32c,
     read_records,
@@ -23,7 +23,7 @@ from dawntrain.data.tfrecord import (
 )
 from dawntrain.errors import RecordError
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "tfrecord"
+FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}"
 )
@@ -198,7 +198,7 @@ def test_missing_file_and_directory_are_record_errors(tmp_path):
 
 
 def test_unreadable_file_is_a_record_error_that_says_permission(tmp_path, monkeypatch):
-    from dawntrain.data import tfrecord
+    from dawntrain.data.codec import tfrecord
 
     path = tmp_path / "locked.tfrecord"
     write_records(path, [b"x"])

@@ -1,21 +1,23 @@
-"""Tiny ImageNet reader (folder, zip, tar.gz; errors) and the samplewise standardization."""
+"""Tiny ImageNet reader: the listing and decoding of every split (folder, zip, tar.gz; errors),
+and the training data it reads (train, and val as the test set)."""
 
 from __future__ import annotations
 
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dawntrain.data import images as images_module
-from dawntrain.data.tiny_imagenet import TinyImageNet, load_tiny_imagenet, samplewise_standardize
+from dawntrain.data import load
+from dawntrain.data.readers.tiny_imagenet import list_tiny_imagenet
 from dawntrain.errors import DataError
 
-SUBSET = Path(__file__).resolve().parents[3] / "shared/data/tiny-imagenet-200-subset20.tar.gz"
+SUBSET = Path(__file__).resolve().parents[4] / "shared/data/tiny-imagenet-200-subset20.tar.gz"
 # Deliberately not sorted: labels must follow wnids.txt, not the alphabet.
 WNIDS = ["n09999999", "n01000001", "n05555555", "n02222222"]
 
@@ -67,8 +69,17 @@ def _zip(top: Path, dest: Path) -> Path:
     return dest
 
 
-def _load(source, **kw) -> TinyImageNet:
-    return load_tiny_imagenet(source, progress=False, **kw)
+def _load(source, **kw) -> SimpleNamespace:
+    """Every split of the listing, decoded, with the listing's files, boxes and notes."""
+    listing = list_tiny_imagenet(source)
+    splits = ("train", "val", "test")
+    d = SimpleNamespace(**{f"{s}_images": listing.decode(s, progress=False, **kw) for s in splits})
+    for split in splits:
+        setattr(d, f"{split}_files", [PurePosixPath(f).name for f in listing.files(split)])
+    d.train_labels, d.val_labels = listing.labels("train"), listing.labels("val")
+    d.class_names, d.class_words = listing.wnids, listing.class_words
+    d.boxes, d.notes = listing.boxes, listing.notes
+    return d
 
 
 def _pil(path: Path) -> np.ndarray:
@@ -228,31 +239,17 @@ def test_truncated_and_unreadable_images(fake):
         _load(fake)
 
 
-def _keras_reference(images_nhwc_uint8: np.ndarray) -> np.ndarray:
-    """ImageDataGenerator.standardize on each image in float64, returned as NCHW."""
-    out = []
-    for x in images_nhwc_uint8.astype(np.float64):
-        x *= 1.0 / 255
-        x -= np.mean(x, keepdims=True)
-        x /= np.std(x, keepdims=True) + 1e-6
-        out.append(x.transpose(2, 0, 1))
-    return np.stack(out)
-
-
-def test_samplewise_standardize_matches_keras():
-    rng = np.random.default_rng(3)
-    batch = rng.integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
-    batch[1] = rng.integers(100, 104, (8, 6, 3))  # low contrast: the epsilon matters more
-    batch[2] = 7  # constant image: zeros, not NaN
-    ref = _keras_reference(batch)
-    out = samplewise_standardize(torch.from_numpy(batch))
-    assert out.dtype == torch.float32 and out.shape == (5, 3, 8, 6)
-    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
-    assert (out[2] == 0).all()
-    scaled = torch.from_numpy(batch).permute(0, 3, 1, 2).double() / 255
-    np.testing.assert_allclose(samplewise_standardize(scaled).numpy(), ref, rtol=1e-10, atol=1e-9)
-    with pytest.raises(TypeError):
-        samplewise_standardize(torch.zeros(1, 3, 2, 2, dtype=torch.int32))
+def test_training_data_is_train_and_val_as_the_test_set(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAWNTRAIN_DATA", str(tmp_path / "cache"))
+    ref = _load(fake)
+    d = load(fake, progress=False)
+    np.testing.assert_array_equal(d.train_images, ref.train_images)
+    np.testing.assert_array_equal(d.train_labels, ref.train_labels)
+    np.testing.assert_array_equal(d.test_images, ref.val_images)
+    np.testing.assert_array_equal(d.test_labels, ref.val_labels)
+    assert d.class_names == ref.class_words and "Tiny ImageNet at" in d.source
+    small = load(fake, progress=False, resize=True, side=32)
+    assert small.train_images.shape == (12, 32, 32, 3)
 
 
 @pytest.mark.data
