@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
+
+from dawntrain.data import ImageDataset
 
 
 def tiny_dataset(
@@ -18,19 +19,20 @@ def tiny_dataset(
     noise: int = 100,
     step: int = 40,
     class_names: list[str] | None = None,
-) -> SimpleNamespace:
+) -> ImageDataset:
     """uint8 NHWC images: uniform noise in [0, noise) plus `step` × label; the first n_test
     training images double as the test set."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
     pixels = rng.integers(0, noise, (n, size, size, 3)) + labels[:, None, None, None] * step
     images = pixels.astype(np.uint8)
-    return SimpleNamespace(
+    return ImageDataset(
         train_images=images,
         train_labels=labels,
         test_images=images[:n_test],
         test_labels=labels[:n_test],
         class_names=class_names or [f"c{i}" for i in range(classes)],
+        source=f"synthetic data ({n} images of {classes} classes)",
     )
 
 
