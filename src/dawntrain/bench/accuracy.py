@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dawntrain.analysis.callbacks import for_config
 from dawntrain.config import Config
 from dawntrain.data.sources import default_cache_dir
 from dawntrain.train.guard import checked_dataset
@@ -43,7 +44,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
             config, seed=config.seed + i, out=str(out_dir / f"seed{config.seed + i}"), quiet=True
         )
         t = time.perf_counter()
-        final = fit(cfg, dataset=dataset)
+        final = fit(cfg, dataset=dataset, callbacks=for_config(cfg))
         wall = time.perf_counter() - t
         history = [
             json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
