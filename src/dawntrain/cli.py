@@ -65,6 +65,7 @@ def _resumed_run(args: argparse.Namespace) -> tuple[dict | None, str | None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dawntrain.analysis.callbacks import for_config
     from dawntrain.train import fit
 
     base, run = _resumed_run(args)
@@ -82,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
-    fit(cfg, resume=args.resume)
+    fit(cfg, resume=args.resume, callbacks=for_config(cfg))
     return 0
 
 
@@ -99,12 +100,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dawntrain.infer.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, data=args.data, device=args.device or "auto")
-    print(
-        f"{result['split']}: loss {result['loss']:.4f}  accuracy {result['acc']:.4f}  "
-        f"({result['examples']} images)"
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, args.device or "auto", args.tta, args.batch_size
     )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_evaluation(result))
     return 0
+
+
+def format_evaluation(result: dict) -> str:
+    line = lambda name, r: (  # noqa: E731
+        f"  {name:<14} loss {r['loss']:.4f}  accuracy {r['acc']:.4f}  top-5 {r['top5']:.4f}"
+    )
+    lines = [f"{result['source']}, {result['split']} set, {result['examples']} images:"]
+    lines.append(line("plain", result))
+    if "tta" in result:
+        lines.append(line(f"TTA (level {result['tta']['level']})", result["tta"]))
+    return "\n".join(lines)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -340,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", help="evaluate on this source instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation level (default: the run's own; 0 none, 1 flip, 2 flip + shifts)",
+    )
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("summary", help="print a preset's layer table")

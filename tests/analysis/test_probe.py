@@ -15,11 +15,12 @@ from dawntrain.analysis.probe import probe_during_training, probe_lr
 from dawntrain.cli import main
 from dawntrain.config import resolve
 from dawntrain.data.batches import epoch_plan, train_batches
+from dawntrain.engine.build import make_normalizer, make_schedule
 from dawntrain.engine.optim import step_lr
+from dawntrain.engine.step import loss_fn
 from dawntrain.errors import CheckpointError
 from dawntrain.models import build_model
 from dawntrain.train import fit
-from dawntrain.train.loop import loss_fn, make_normalizer, make_schedule
 from synthetic import tiny_dataset as _tiny_dataset
 
 tiny_dataset = partial(

@@ -10,8 +10,8 @@ import torch
 
 from dawntrain.cli import main
 from dawntrain.config import resolve
-from dawntrain.infer.evaluate import load_model
 from dawntrain.infer.export import export
+from dawntrain.infer.model import load_model
 from dawntrain.models import build_model
 from dawntrain.train import fit
 
@@ -35,7 +35,8 @@ def run(tmp_path_factory):
     sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
     fit(resolve("davidnet", sets=sets, overrides={"out": str(out)}), dataset=data)
     ckpt = out / "checkpoints" / "last.pt"
-    model, _, normalizer, _ = load_model(ckpt, "cpu")
+    trained = load_model(ckpt, "cpu")
+    model, normalizer = trained.model, trained.normalizer
     x = normalizer(torch.as_tensor(images[:5]), channels_last=False)
     with torch.no_grad():
         logits = model(x)

@@ -12,11 +12,11 @@ from PIL import Image
 
 from dawntrain.cli import main
 from dawntrain.config import resolve
+from dawntrain.engine.evaluate import evaluate, tta_logits
 from dawntrain.errors import DataError
-from dawntrain.infer.evaluate import load_model
+from dawntrain.infer.model import TrainedModel, load_model
 from dawntrain.infer.predict import predict, run_predictions
 from dawntrain.train import fit
-from dawntrain.train.loop import tta_logits
 from synthetic import tiny_dataset as _tiny_dataset
 
 tiny_dataset = partial(_tiny_dataset, n=64, n_test=24)
@@ -34,10 +34,10 @@ def run(tmp_path_factory):
 
 def reference_probs(ckpt, images, level=0):
     """Softmax of the model's fp32 logits on uint8 NHWC images, computed directly."""
-    model, config, normalizer, _ = load_model(ckpt, "cpu")
+    trained = load_model(ckpt, "cpu")
     with torch.no_grad():
-        x = normalizer(torch.as_tensor(images), config.channels_last)
-        return F.softmax(tta_logits(model, x, level), dim=1).numpy()
+        x = trained.normalizer(torch.as_tensor(images), trained.config.channels_last)
+        return F.softmax(tta_logits(trained.model, x, level), dim=1).numpy()
 
 
 def test_predictions_match_the_model_and_notes_say_what_changed(run, tmp_path):
@@ -80,14 +80,13 @@ def test_tta_averages_the_runs_views_and_top_k_cuts(run, tmp_path):
 
 
 def test_run_predictions_match_evaluate_and_are_cached(run, monkeypatch):
-    from dawntrain.infer import predict as predict_module
-    from dawntrain.train.loop import evaluate
-
     result = run_predictions(run.out, run.data, device="cpu")
-    model, config, normalizer, _ = load_model(run.ckpt, "cpu")
+    t = load_model(run.ckpt, "cpu")
     x = torch.as_tensor(run.data.test_images)
     y = torch.as_tensor(run.data.test_labels).long()
-    ref = evaluate(model, x, y, normalizer, 1024, "fp32", config.channels_last, True)
+    ref = evaluate(
+        t.model, x, y, t.normalizer, 1024, "fp32", t.config.channels_last, probabilities=True
+    )
     np.testing.assert_array_equal(result["predictions"], ref["predictions"])
     assert (result["predictions"] == result["labels"]).mean() == pytest.approx(ref["acc"])
     grid = result["grid_index"]
@@ -96,7 +95,7 @@ def test_run_predictions_match_evaluate_and_are_cached(run, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr(predict_module, "predict_probabilities", no_model)
+    monkeypatch.setattr(TrainedModel, "evaluate", no_model)
     again = run_predictions(run.out, run.data, device="cpu")  # same test set
     np.testing.assert_array_equal(again["predictions"], result["predictions"])
     run_predictions(run.out, None, device="cpu")  # no data: the checkpoint's cache answers

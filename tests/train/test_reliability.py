@@ -25,7 +25,8 @@ from dawntrain.cli import main
 from dawntrain.config import resolve
 from dawntrain.data.codec import tfrecord
 from dawntrain.errors import CheckpointError, DawntrainError, RecordError
-from dawntrain.train import checkpoint, fit, lock, loop
+from dawntrain.train import checkpoint, fit, lock
+from dawntrain.train.callbacks import Callback
 from dawntrain.train.loop import NonFiniteLoss
 from synthetic import image_folder, tiny_dataset
 
@@ -41,16 +42,22 @@ TRAIN = [
 HARNESS = """
 import io, os, signal, sys, time
 import torch
-from dawntrain.train import checkpoint, loop
+from dawntrain.analysis import callbacks
+from dawntrain.train import checkpoint
+from dawntrain.train.callbacks import Callback
 
 # Tests run as a background job would hand this process an ignored SIGINT.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 delay, kill_at = float(sys.argv[1]), int(sys.argv[2])
-real_step, real_save, saves = loop.train_step, checkpoint.save, 0
+real_save, saves = checkpoint.save, 0
 
-def slow_step(*args, **kw):
-    time.sleep(delay)
-    return real_step(*args, **kw)
+class SlowSteps(Callback):
+    def on_step_end(self, run, state):
+        time.sleep(delay)
+
+# The CLI's plug-ins come from callbacks.for_config: add one that slows every step.
+real_for_config = callbacks.for_config
+callbacks.for_config = lambda config: [*real_for_config(config), SlowSteps()]
 
 def save(path, state):
     global saves
@@ -65,7 +72,7 @@ def save(path, state):
         checkpoint.atomic_write(path, torn)
     real_save(path, state)
 
-loop.train_step, checkpoint.save = slow_step, save
+checkpoint.save = save
 from dawntrain.cli import main
 raise SystemExit(main(sys.argv[3:]))
 """
@@ -245,6 +252,35 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
     fit(config(out, epochs=1), dataset=tiny_dataset())
 
 
+class NonFiniteLossAt(Callback):
+    """Multiplies the loss of the given steps (1-based, counted over the run) by NaN."""
+
+    def __init__(self, calls: set[int]):
+        self.calls = calls
+
+    def on_fit_start(self, run, state):
+        run.loss = nan_at(self.calls, run.loss)
+
+
+class NoStepAt(Callback):
+    """The given step (1-based) does nothing: no forward, backward or update; its loss is NaN."""
+
+    def __init__(self, call: int):
+        self.call, self.count = call, 0
+
+    def on_fit_start(self, run, state):
+        real = run.step
+
+        def step(stats, x, y, epoch, step):
+            self.count += 1
+            if self.count != self.call:
+                return real(stats, x, y, epoch, step)
+            nan, bad = torch.tensor(float("nan")), torch.tensor(True)
+            stats.add(nan, torch.zeros(len(y), run.num_classes), y, bad, epoch * run.steps + step)
+
+        run.step = step
+
+
 def nan_at(calls: set[int], real):
     """A loss_fn (or train_step) that returns NaN on the given 1-based calls."""
     count = 0
@@ -259,11 +295,10 @@ def nan_at(calls: set[int], real):
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "loss_fn", nan_at({5}, loop.loss_fn))  # 3 steps an epoch
     with pytest.raises(
         NonFiniteLoss, match=r"at step 4 \(epoch 2, step 2 of 3\).*checkpoint is kept"
-    ):
-        fit(config(tmp_path), dataset=tiny_dataset())
+    ):  # 3 steps an epoch
+        fit(config(tmp_path), dataset=tiny_dataset(), callbacks=[NonFiniteLossAt({5})])
     assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
 
 
@@ -281,25 +316,17 @@ def test_huge_lr_stops_with_one_line_naming_the_step(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("bad_step", [1, 5], ids=["first-step", "mid-run"])
 def test_skip_step_undoes_the_update_exactly_and_counts_it(tmp_path, monkeypatch, bad_step):
     # Reference: at that step nothing at all happens (no forward, backward or update).
-    real_step = loop.train_step
-
-    def no_step(*args, **kw):
-        y = args[5]
-        return torch.tensor(float("nan")), torch.zeros(len(y), 4)
-
-    calls = 0
-
-    def step_or_nothing(*args, **kw):
-        nonlocal calls
-        calls += 1
-        return no_step(*args, **kw) if calls == bad_step else real_step(*args, **kw)
-
-    monkeypatch.setattr(loop, "train_step", step_or_nothing)
-    fit(config(tmp_path / "ref", on_nonfinite="skip-step"), dataset=tiny_dataset())
-    monkeypatch.setattr(loop, "train_step", real_step)
+    fit(
+        config(tmp_path / "ref", on_nonfinite="skip-step"),
+        dataset=tiny_dataset(),
+        callbacks=[NoStepAt(bad_step)],
+    )
     # The real thing: the NaN loss runs backward and the step, which is then undone.
-    monkeypatch.setattr(loop, "loss_fn", nan_at({bad_step}, loop.loss_fn))
-    fit(config(tmp_path / "skip", on_nonfinite="skip-step"), dataset=tiny_dataset())
+    fit(
+        config(tmp_path / "skip", on_nonfinite="skip-step"),
+        dataset=tiny_dataset(),
+        callbacks=[NonFiniteLossAt({bad_step})],
+    )
 
     ref, run = (checkpoint.load(tmp_path / p / "checkpoints" / "last.pt") for p in ("ref", "skip"))
     for k, v in ref["model"].items():
@@ -315,9 +342,12 @@ def test_skip_step_undoes_the_update_exactly_and_counts_it(tmp_path, monkeypatch
 
 
 def test_skip_step_gives_up_when_a_whole_epoch_is_skipped(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "loss_fn", nan_at(set(range(1, 100)), loop.loss_fn))
     with pytest.raises(NonFiniteLoss, match="every step of epoch 1"):
-        fit(config(tmp_path, on_nonfinite="skip-step"), dataset=tiny_dataset())
+        fit(
+            config(tmp_path, on_nonfinite="skip-step"),
+            dataset=tiny_dataset(),
+            callbacks=[NonFiniteLossAt(set(range(1, 100)))],
+        )
 
 
 # ------------------------------------------------------------------------------ full disk

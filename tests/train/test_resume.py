@@ -8,7 +8,8 @@ import torch
 
 from dawntrain.config import resolve
 from dawntrain.errors import CheckpointError
-from dawntrain.train import fit, loop
+from dawntrain.train import fit
+from dawntrain.train.callbacks import Callback
 from dawntrain.train.checkpoint import load
 from synthetic import tiny_dataset
 
@@ -51,23 +52,25 @@ def test_resume_at_an_epoch_boundary_is_exact(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
-def test_resume_inside_an_epoch_is_exact(tmp_path, monkeypatch):
+def test_resume_inside_an_epoch_is_exact(tmp_path):
     data = tiny_dataset()
     fit(config(tmp_path / "full"), dataset=data)
-    calls = 0
-    real_step = loop.train_step
 
-    def crash_on_sixth_step(*args, **kw):
-        nonlocal calls
-        calls += 1
-        if calls == 6:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, **kw)
+    class CrashInSixthStep(Callback):
+        def __init__(self):
+            self.steps = 0
 
-    monkeypatch.setattr(loop, "train_step", crash_on_sixth_step)
+        def on_step_end(self, run, state):
+            self.steps += 1
+            if self.steps == 6:  # before the loop could save anything of this step
+                raise RuntimeError("simulated crash")
+
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(config(tmp_path / "part", checkpoint_every_steps=2), dataset=data)
-    monkeypatch.setattr(loop, "train_step", real_step)
+        fit(
+            config(tmp_path / "part", checkpoint_every_steps=2),
+            dataset=data,
+            callbacks=[CrashInSixthStep()],
+        )
     state = load(tmp_path / "part" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # 3 steps an epoch, saved every 2
     fit(config(tmp_path / "part", checkpoint_every_steps=2), dataset=data, resume="last")

@@ -17,11 +17,10 @@ import torch
 from matplotlib.figure import Figure
 
 from dawntrain.config import Config, resolve
-from dawntrain.data.batches import epoch_plan, steps_per_epoch, train_batches
+from dawntrain.data.batches import steps_per_epoch
+from dawntrain.engine.build import build, make_schedule, run_data
 from dawntrain.errors import DataError
-from dawntrain.train.guard import checked_dataset
 from dawntrain.train.log import read_metrics
-from dawntrain.train.loop import make_normalizer, make_schedule, make_splits
 
 # Training-set sizes of the built-in sources, for the lr plot's steps per epoch.
 KNOWN_TRAIN_SIZES = {"cifar10": 50_000, "sample": 5_000, "tiny-imagenet": 100_000}
@@ -229,21 +228,14 @@ def pipeline_samples(
     """The first `n` training images of `epoch` as the loop feeds them: its split, order,
     crop and flip, then the Normalizer; mapped back to uint8 (samplewise-normalized images are
     min-max stretched: their original brightness and contrast are gone). (images, labels, names)."""
-    splits = make_splits(config, dataset)
-    normalizer = make_normalizer(config, splits.train_images)
-    x_all = torch.as_tensor(np.ascontiguousarray(splits.train_images))
-    y_all = torch.as_tensor(np.asarray(splits.train_labels)).long()
-    plan = epoch_plan(
-        len(y_all),
-        config.seed,
-        epoch,
-        config.crop_padding,
-        config.flip,
-        "cpu",
-        config.alternate_flip,
-    )
-    aug = config.crop_padding > 0 or config.flip
-    x, y = next(train_batches(x_all, y_all, plan, min(n, len(y_all)), config.crop_padding, aug))
+    # Built as fit() builds it, on the CPU, with a batch no larger than the data (tiny sets):
+    # the first n images of an epoch are the same at any batch size of at least n.
+    held_out = len(dataset.train_labels) - config.val_from_train
+    batch = max(min(n, held_out), min(config.batch_size, held_out))
+    run = build(replace(config, device="cpu", batch_size=batch, compile=False), dataset)
+    x, y = next(run.batches(epoch))
+    x, y = x[:n], y[:n]
+    normalizer = run.normalizer
     fed = normalizer(x, channels_last=False)
     if normalizer.samplewise:
         low = fed.amin(dim=(1, 2, 3), keepdim=True)
@@ -252,7 +244,7 @@ def pipeline_samples(
     else:
         shown = fed * normalizer.std + normalizer.mean
     images = shown.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return images, y.numpy(), list(splits.class_names)
+    return images, y.numpy(), list(run.splits.class_names)
 
 
 def figure_grid(
@@ -273,9 +265,7 @@ def plot_samples(data, config: Config | str, n: int = 16, out: Path = Path("samp
     """A grid of `n` training images as the pipeline feeds them, titled with class names.
     `data`: a source name/path, or a data set object (train/test images, labels, class_names)."""
     config = resolve(config) if isinstance(config, str) else config
-    if isinstance(data, (str, Path)):  # as training sees it: checked, resized where configured
-        dataset = checked_dataset(replace(config, data=str(data)))
-    else:
-        dataset = data
+    # As training sees it: checked, resized where configured.
+    dataset = run_data(config, str(data) if isinstance(data, Path) else data)
     images, labels, names = pipeline_samples(dataset, config, n)
     return save(figure_grid(images, [names[i] for i in labels]), out)

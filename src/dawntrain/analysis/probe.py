@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,17 +26,11 @@ from dawntrain.analysis.curvature import probe_batches, to_lr_convention
 from dawntrain.config import Config
 from dawntrain.data.batches import (
     Normalizer,
-    epoch_plan,
-    generator,
-    steps_per_epoch,
-    train_batches,
 )
-from dawntrain.errors import CheckpointError, ConfigError
-from dawntrain.models import model_for
-from dawntrain.runtime.device import resolve_device
+from dawntrain.engine.build import build, run_data
+from dawntrain.errors import CheckpointError, ConfigError, DawntrainError
+from dawntrain.runtime.distributed import World
 from dawntrain.train import checkpoint as ckpt
-from dawntrain.train.guard import checked_dataset
-from dawntrain.train.loop import loss_fn, make_normalizer, make_schedule, make_splits
 
 
 @contextlib.contextmanager
@@ -113,63 +106,38 @@ def probe_lr(
     step with momentum, the number to hold against α*), "loss" (mean per example, per batch)}."""
     if batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {batches}")
-    dev = resolve_device(device or config.device)
-    dataset = checked_dataset(config, dataset)
-    splits = make_splits(config, dataset)
-    n, batch = len(splits.train_labels), config.batch_size
-    if batch > n:
-        raise ConfigError(f"batch_size {batch} is larger than the training set ({n} images)")
-    steps = steps_per_epoch(n, batch)
+    dataset = run_data(config, dataset)
     with torch.random.fork_rng(devices=[]):
         # Seeded as fit() seeds before building it: without a checkpoint, the run's own init.
         torch.manual_seed(config.seed)
-        model = model_for(config, len(splits.class_names))
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=memory_format)
-    train_x = torch.as_tensor(np.ascontiguousarray(splits.train_images)).to(dev)
-    train_y = torch.as_tensor(np.asarray(splits.train_labels)).long().to(dev)
+        try:
+            run = build(config, dataset, World.single(device or config.device))
+        except DawntrainError as e:
+            raise ConfigError(str(e)) from None
     epoch, start_step = 0.0, 0
     if checkpoint is not None:
         state = ckpt.load(checkpoint)
         try:
-            model.load_state_dict(state["model"])
+            run.model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise CheckpointError(
                 f"checkpoint {checkpoint} does not fit the config's model ({config.model}, width "
-                f"{config.width}, {len(splits.class_names)} classes); probe with the run's own "
+                f"{config.width}, {run.num_classes} classes); probe with the run's own "
                 "config (omit --preset) or the matching --set"
             ) from e
-        normalizer = Normalizer(**state["normalizer"])
+        run.normalizer = Normalizer(**state["normalizer"])
         start_step = state["step_in_epoch"]
-        epoch = state["epoch"] + start_step / steps
-    else:
-        normalizer = make_normalizer(config, splits.train_images)
-        if hasattr(model, "init_from_data"):
-            pick = torch.randperm(n, generator=generator(config.seed, 0, 3))[:5000].to(dev)
-            model.init_from_data(normalizer(train_x[pick], config.channels_last))
-
+        epoch = state["epoch"] + start_step / run.steps
     # The batches training draws next from this point (those of the epoch after the last one,
     # for a finished run).
-    plan = epoch_plan(
-        n,
-        config.seed,
-        int(epoch),
-        config.crop_padding,
-        config.flip,
-        dev,
-        config.alternate_flip,
-    )
-    aug = config.crop_padding > 0 or config.flip
     drawn = [
-        (normalizer(x, config.channels_last), y)
-        for x, y in itertools.islice(
-            train_batches(train_x, train_y, plan, batch, config.crop_padding, aug, start_step),
-            batches,
-        )
+        (run.normalizer(x, config.channels_last), y)
+        for x, y in itertools.islice(run.batches(int(epoch), start_step), batches)
     ]
+    model, batch = run.model, run.batch
     smoothing = config.label_smoothing
     with twice_differentiable(model), torch.enable_grad():
-        raw = probe_batches(model, lambda b: loss_fn(model, model(b[0]), b[1], smoothing), drawn)
+        raw = probe_batches(model, lambda b: run.loss(model, model(b[0]), b[1], smoothing), drawn)
     alpha_lr = [a * lr_scale(config.convention, len(y)) for a, (_, y) in zip(raw["alpha"], drawn)]
     finite = [a for a in alpha_lr if math.isfinite(a)]
     mean = sum(finite) / len(finite) if finite else math.nan
@@ -178,7 +146,7 @@ def probe_lr(
         if len(finite) > 1
         else 0.0
     )
-    schedule_lr = make_schedule(config)(epoch)
+    schedule_lr = run.schedule(epoch)
     return {
         "epoch": epoch,
         "batch_size": batch,

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dawntrain.analysis.callbacks import for_config
 from dawntrain.config import Config
 from dawntrain.data import default_cache_dir
-from dawntrain.train.guard import checked_dataset
+from dawntrain.engine.build import run_data
 from dawntrain.train.loop import fit
 
 
@@ -33,7 +34,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
     cache = default_cache_dir() / "arrays"
     before = set(cache.iterdir()) if cache.is_dir() else set()
     t = time.perf_counter()
-    dataset = checked_dataset(config)  # as fit() would load it: checked, resized if configured
+    dataset = run_data(config)  # as fit() would load it: checked, resized if configured
     data_s = time.perf_counter() - t
     # A warm cache answers in milliseconds: say so rather than report the decode as free.
     cached = cache.is_dir() and not set(cache.iterdir()) - before
@@ -43,7 +44,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
             config, seed=config.seed + i, out=str(out_dir / f"seed{config.seed + i}"), quiet=True
         )
         t = time.perf_counter()
-        final = fit(cfg, dataset=dataset)
+        final = fit(cfg, dataset=dataset, callbacks=for_config(cfg))
         wall = time.perf_counter() - t
         history = [
             json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()

@@ -16,13 +16,13 @@ import torch
 
 from dawntrain.analysis.flop_count import training_flops_per_image
 from dawntrain.config import Config
-from dawntrain.data.batches import Normalizer, crop_flip
-from dawntrain.engine.optim import make_sgd, set_lr, step_lr
+from dawntrain.data import ImageDataset
+from dawntrain.engine.build import build
+from dawntrain.engine.step import StepStats
 from dawntrain.models import model_for
 from dawntrain.models.conv import matmul_layers
 from dawntrain.runtime.device import describe, resolve_device, resolve_precision, synchronize
 from dawntrain.runtime.malloc import freed_memory_kept
-from dawntrain.train.loop import train_step
 
 
 @dataclass
@@ -63,6 +63,17 @@ def variants_for(config: Config, image_size: int, compile_too: bool = False) -> 
     cpu = resolve_device(config.device).type == "cpu"
     small = cpu and matmul_layers(model_for(config, 10), (3, image_size, image_size)) > 0
     return default_variants(compile_too, dropout=config.dropout > 0, cpu=cpu, small_convs=small)
+
+
+def random_dataset(n: int, image_size: int, classes: int = 10) -> ImageDataset:
+    """n random uint8 images (seeded), as the benchmark's data set."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, image_size, image_size, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return ImageDataset(
+        images.numpy(), labels.numpy(), images.numpy(), labels.numpy(),
+        [str(i) for i in range(classes)], source="random",
+    )  # fmt: skip
 
 
 def matmul_peak_gflops(
@@ -121,27 +132,31 @@ def _measure(
     windows: int,
     image_size: int,
 ) -> dict[str, Any]:
-    precision = resolve_precision(variant.precision, device)
+    row_config = dataclasses.replace(
+        config,
+        device=str(device),
+        precision=variant.precision,
+        channels_last=variant.channels_last,
+        exact_dropout=variant.exact_dropout,
+        compile=variant.compiled,
+        matmul_conv=variant.matmul_conv,
+        val_from_train=0,
+    )
     torch.manual_seed(0)
-    row_config = dataclasses.replace(config, matmul_conv=variant.matmul_conv)
-    model = model_for(row_config, 10, exact_dropout=variant.exact_dropout)
-    fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt).train()
-    forward = torch.compile(model) if variant.compiled else model
-    opt = make_sgd(model, config.momentum, config.nesterov, config.weight_decay, config.batch_size)
-    set_lr(opt, step_lr(config.convention, config.lr * 0.1, config.batch_size))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    b = config.batch_size
-    images = torch.randint(0, 256, (b, image_size, image_size, 3), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (b,), device=device)
-    normalizer = Normalizer([125.0] * 3, [63.0] * 3)
-    pad = config.crop_padding
+    # One batch of random images is the whole data set: each step is one epoch of it, with its
+    # own crops and flips, through the step fit() takes (the preset's optimizer, lr schedule,
+    # lookahead), so the "engine" row is what training runs.
+    run = build(row_config, random_dataset(config.batch_size, image_size))
+    precision, b, stats = run.precision, config.batch_size, StepStats.zeros(run.device)
+    done = 0
 
     def step() -> None:
-        d = torch.randint(0, 2 * pad + 1, (2, b), device=device)
-        flip = torch.rand(b, device=device) < 0.5
-        x = normalizer(crop_flip(images, d[0], d[1], flip, pad), variant.channels_last)
-        train_step(model, forward, opt, scaler, x, labels, precision, config.label_smoothing)
+        nonlocal done
+        epoch = done % config.epochs
+        run.start_epoch(epoch)
+        for x, y in run.batches(epoch):
+            run.step(stats, x, y, epoch, 0)
+        done += 1
 
     for _ in range(warmup):
         step()
@@ -154,7 +169,7 @@ def _measure(
             step()
         rates.append(per_window * b / stop())
     ips = statistics.median(rates)
-    flops = training_flops_per_image(model, (3, image_size, image_size))
+    flops = training_flops_per_image(run.model, (3, image_size, image_size))
     return {
         "name": variant.name,
         "images_per_s": round(ips, 2),

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from dawntrain.errors import ConfigError
-from dawntrain.infer.evaluate import load_model
-from dawntrain.infer.predict import input_size
+from dawntrain.infer.model import input_size, load_model
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 ONNX_OPSET = 17
@@ -90,7 +89,8 @@ def export(checkpoint: Path, fmt: str, out: Path) -> tuple[Path, Path]:
     """Write the checkpoint's model to `out` in `fmt` and its description to `out`.json."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model, _, _, state = load_model(Path(checkpoint), "cpu")
+    trained = load_model(Path(checkpoint), "cpu")
+    model, state = trained.model, trained.state
     # Exported graphs are plain fp32 NCHW on the CPU; eval mode: BN running stats, no dropout.
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     h, w = input_size(state)

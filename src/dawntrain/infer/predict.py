@@ -10,68 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from dawntrain.data.batches import Normalizer, eval_batches
+from dawntrain.engine.build import run_data
 from dawntrain.errors import CheckpointError, DataError
-from dawntrain.infer.evaluate import load_model
-from dawntrain.runtime.device import autocast, resolve_precision
-from dawntrain.train import guard
-from dawntrain.train.loop import tta_logits
+from dawntrain.infer.model import input_size, load_model
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PREDICTIONS_FILE = "predictions.npz"
 # Test images kept in predictions.npz for the report's grid: this many right and as many wrong.
 GRID_PER_KIND = 16
-
-
-def input_size(state: dict[str, Any]) -> tuple[int, int]:
-    """(height, width) of the images a checkpoint's model trained on: the checkpoint's
-    `image_size` where the run stored it, else its config's `image_size`, else the model's own
-    (the table guard.MODEL_IMAGE_SIZE holds: 64 for the Tiny ImageNet models, 32 for the rest)."""
-    if "image_size" in state:
-        h, w = state["image_size"]
-        return int(h), int(w)
-    config = state.get("config", {})
-    side = config.get("image_size") or (
-        64 if config.get("model") in ("davidnet64", "preact_resnet") else 32
-    )
-    return side, side
-
-
-@torch.no_grad()
-def predict_probabilities(
-    model: nn.Module,
-    images: torch.Tensor,
-    normalizer: Normalizer,
-    batch_size: int = 1024,
-    precision: str = "fp32",
-    channels_last: bool = True,
-    tta_level: int = 0,
-) -> np.ndarray:
-    """Softmax probabilities (N, classes) float32 of uint8 NHWC `images`, in eval mode.
-
-    The same views and precision as `loop.evaluate`, but without its all-reduce, so one rank
-    alone may call it (the report runs on rank 0 only)."""
-    was_training = model.training
-    model.eval()
-    labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
-    out = []
-    for x, _ in eval_batches(images, labels, batch_size):
-        with autocast(images.device, precision):
-            logits = tta_logits(model, normalizer(x, channels_last), tta_level)
-        out.append(F.softmax(logits.float(), dim=1).cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy()
 
 
 # ------------------------------------------------------------------------------ image files
@@ -125,17 +76,16 @@ def predict(
     """Top-k classes per image: [{"path", "notes", "predictions": [{"class", "index",
     "probability"}]}]. Computed in fp32; `tta` averages the run's test-time views (its
     `tta_level`, at least the mirror image)."""
-    model, config, normalizer, state = load_model(Path(checkpoint), device)
-    classes = list(state["class_names"])
+    trained = load_model(Path(checkpoint), device)
+    classes = trained.class_names
     paths = image_paths(inputs)
-    size = input_size(state)
+    size = input_size(trained.state)
     loaded = [load_image(p, size) for p in paths]
-    dev = next(model.parameters()).device
-    images = torch.as_tensor(np.stack([a for a, _ in loaded])).to(dev)
-    level = max(1, config.tta_level) if tta else 0
-    probs = predict_probabilities(
-        model, images, normalizer, config.eval_batch_size, "fp32", config.channels_last, level
-    )
+    level = max(1, trained.config.tta_level) if tta else 0
+    images = np.stack([a for a, _ in loaded])
+    probs = trained.evaluate(images, None, level, probabilities=True, precision="fp32")[
+        "probabilities"
+    ]
     k = max(1, min(top_k, len(classes)))
     results = []
     for path, (_, notes), p in zip(paths, loaded, probs):
@@ -172,7 +122,7 @@ def _test_set(data, config) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(images, labels, class names, a name) of a source, a data set object, or the run's own."""
     if data is None or isinstance(data, (str, Path)):
         source = str(data or config.data)
-        dataset = guard.checked_dataset(replace(config, data=source))
+        dataset = run_data(config, source)
     else:
         dataset, source = data, getattr(data, "source", "the given data set")
     if dataset.test_images is None:
@@ -215,27 +165,19 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     ckpt_key = f"{stat.st_size}:{stat.st_mtime_ns}:"
     if data is None and (hit := _cached(cache, ckpt_key)) is not None:
         return hit
-    model, config, normalizer, state = load_model(ckpt, device)
+    trained = load_model(ckpt, device)
+    config = trained.config
     images, labels, classes, source = _test_set(data, config)
-    if list(state["class_names"]) != classes:
+    if trained.class_names != classes:
         raise DataError(
             f"the test set of {source} has classes {classes[:4]}..., the run's model "
-            f"{list(state['class_names'])[:4]}...; pass the data the run trained on"
+            f"{trained.class_names[:4]}...; pass the data the run trained on"
         )
     key = ckpt_key + _data_hash(images, labels)
     if (hit := _cached(cache, key)) is not None:
         return hit
 
-    dev = next(model.parameters()).device
-    probs = predict_probabilities(
-        model,
-        torch.as_tensor(images).to(dev),
-        normalizer,
-        config.eval_batch_size,
-        resolve_precision(config.precision, dev),
-        config.channels_last,
-        config.tta_level,
-    )
+    probs = trained.evaluate(images, labels, config.tta_level, probabilities=True)["probabilities"]
     predictions = probs.argmax(1)
     rng = np.random.default_rng(0)
     right, wrong = np.flatnonzero(predictions == labels), np.flatnonzero(predictions != labels)

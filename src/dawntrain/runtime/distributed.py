@@ -34,6 +34,11 @@ class World:
     def active(self) -> bool:
         return self.size > 1
 
+    @classmethod
+    def single(cls, device: str = "auto") -> World:
+        """One process, no process group: what a benchmark or a notebook builds a run for."""
+        return cls(device=resolve_device(device))
+
 
 class RankLost(DawntrainError):
     """Another rank died or stopped answering."""
@@ -62,6 +67,9 @@ def setup(device: str = "auto", timeout_s: float = 300.0) -> World:
 def cleanup(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()
+
+
+MAX = dist.ReduceOp.MAX
 
 
 def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:

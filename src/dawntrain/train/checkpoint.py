@@ -17,6 +17,22 @@ import torch
 
 from dawntrain.errors import CheckpointError
 
+# Config keys that may differ between a checkpoint and the run that resumes it.
+RESUMABLE_CHANGES = {
+    "out",
+    "device",
+    "quiet",
+    "epochs",
+    "checkpoint_every_steps",
+    "data",
+    "compile",
+    "keep_checkpoints",
+    "sanity_check",
+    "on_nonfinite",
+    "eval_batch_size",
+    "dist_timeout_s",
+}
+
 # mkstemp creates files 0600; written files get what open() would give them: 0666 minus umask.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -71,19 +87,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(f"checkpoint {path} cannot be read ({e}); use an older one") from e
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def prune(directory: Path, pattern: str, keep: int) -> None:
     """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob)."""
     found = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime_ns)
@@ -115,3 +118,21 @@ def config_differences(
         for k in keys
         if saved.get(k) != current.get(k)
     ]
+
+
+def check_resumable(state: dict[str, Any], config, world_size: int) -> None:
+    """A checkpoint resumes only under its own config (RESUMABLE_CHANGES aside), and one written
+    inside an epoch only at its own world size."""
+    # Keys added since the checkpoint was written count as their defaults.
+    saved = {**type(config)().to_dict(), **state["config"]}
+    differs = config_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    if differs:
+        raise CheckpointError(
+            f"the checkpoint belongs to another config ({'; '.join(differs)}); resume "
+            "with its own config: `dawntrain train --resume RUN` and no other config option"
+        )
+    if state["step_in_epoch"] and state.get("world_size", 1) != world_size:
+        raise CheckpointError(
+            f"this checkpoint is from inside an epoch at world size {state.get('world_size', 1)}; "
+            f"resume it with that many processes, or from an epoch checkpoint at any size"
+        )

@@ -3,8 +3,9 @@ import math
 import torch
 
 from dawntrain.config import resolve
+from dawntrain.engine.build import make_normalizer
+from dawntrain.engine.evaluate import sanity_check
 from dawntrain.models import PreActResNet
-from dawntrain.train.loop import make_normalizer, sanity_check
 from synthetic import tiny_dataset
 
 

@@ -1,0 +1,300 @@
+"""One setup for every command: `build(config, dataset)` makes a `Run` (the data splits on the
+device, the normalizer, the model with DDP/compile, the optimizer exactly as training uses it,
+the scaler, the schedule, lookahead), and `Run.step` is the training step. fit(), the lr probe,
+the sample plots and the throughput bench all build through here; eval and predict load a
+checkpoint's model through `model_on_device`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import dawntrain
+from dawntrain import seeds
+from dawntrain.config import Config
+from dawntrain.data import ImageDataset, checked
+from dawntrain.data.batches import (
+    Normalizer,
+    channel_stats,
+    epoch_plan,
+    steps_per_epoch,
+    train_batches,
+)
+from dawntrain.engine.lookahead import Lookahead
+from dawntrain.engine.nonfinite import SkipNonFinite
+from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr, step_lr
+from dawntrain.engine.schedules import Staircase, one_cycle
+from dawntrain.engine.step import StepStats, loss_fn, train_step
+from dawntrain.errors import DawntrainError
+from dawntrain.models import input_size, model_for
+from dawntrain.runtime import distributed
+from dawntrain.runtime.device import resolve_precision
+
+
+@dataclass
+class Splits:
+    """uint8 NHWC images and int64 labels for training, per-epoch validation and the final test."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
+    class_names: list[str]
+
+
+def run_data(config: Config, source: str | ImageDataset | None = None) -> ImageDataset:
+    """The data a run of `config` trains and is evaluated on: `source` (default config.data)
+    loaded and checked; a loaded source must have the model's input size unless config.resize,
+    which resizes it; an ImageDataset passed in code is used at its size, labels checked."""
+    what = f"the {config.preset} preset (model {config.model})"
+    return checked(
+        config.data if source is None else source,
+        side=input_size(config),
+        resize=config.resize,
+        what=what,
+    )
+
+
+def make_splits(config: Config, dataset) -> Splits:
+    """Hold out `val_from_train` training images (a fixed-seed choice) or validate on the test set."""
+    x, y = dataset.train_images, dataset.train_labels
+    k = config.val_from_train
+    if k == 0:
+        return Splits(
+            x, y, dataset.test_images, dataset.test_labels, None, None, dataset.class_names
+        )
+    if k >= len(x):
+        raise DawntrainError(f"val_from_train={k} leaves no training images (the set has {len(x)})")
+    order = torch.randperm(len(x), generator=seeds.generator(config.seed, 0, seeds.VAL_SPLIT))
+    val, train = np.sort(order[:k].numpy()), np.sort(order[k:].numpy())
+    return Splits(
+        x[train], y[train], x[val], y[val], dataset.test_images, dataset.test_labels,
+        dataset.class_names,
+    )  # fmt: skip
+
+
+def make_schedule(config: Config) -> Callable[[float], float]:
+    """lr as a function of the (fractional) epoch, in the config's lr convention."""
+    if config.lr_schedule == "staircase":
+        return Staircase(config.lr, config.lr_milestones, config.lr_factor)
+    warmup = None if config.warmup_epochs < 0 else config.warmup_epochs
+    return one_cycle(config.lr, config.epochs, warmup, config.lr_start, config.lr_final)
+
+
+def make_normalizer(config: Config, train_images: np.ndarray) -> Normalizer:
+    if config.normalize == "samplewise":
+        return Normalizer(None, None, samplewise=True)
+    return Normalizer(*channel_stats(train_images))
+
+
+def global_batch(config: Config, world_size: int) -> int:
+    return config.batch_size * (world_size if config.batch_scope == "per_rank" else 1)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array)).to(device)
+
+
+def model_on_device(config: Config, num_classes: int, device: torch.device) -> nn.Module:
+    """The config's model on the device in the config's memory layout (not yet initialised
+    from data: see Run)."""
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    return model_for(config, num_classes).to(device=device, memory_format=fmt)
+
+
+@dataclass
+class Run:
+    """Everything a training step needs, built once; `forward` is the model as the step calls
+    it (DDP and/or compiled), `model` the bare module."""
+
+    config: Config
+    world: distributed.World
+    precision: str
+    splits: Splits
+    normalizer: Normalizer
+    model: nn.Module
+    forward: Callable
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Callable[[float], float]
+    lookahead: Lookahead | None
+    skipper: SkipNonFinite | None
+    batch: int  # the global batch
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    # The loss the step minimises; tests wrap it to inject non-finite losses.
+    loss: Callable = field(default=loss_fn)
+
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.class_names)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return steps_per_epoch(len(self.train_y), self.batch, self.world.size)
+
+    def batches(
+        self, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (uint8 augmented images, labels) of each step of `epoch` from start_step."""
+        c = self.config
+        plan = epoch_plan(
+            len(self.train_y), c.seed, epoch, c.crop_padding, c.flip, self.device, c.alternate_flip
+        )
+        augment = c.crop_padding > 0 or c.flip
+        return train_batches(
+            self.train_x, self.train_y, plan, self.batch, c.crop_padding, augment, start_step,
+            self.world.rank, self.world.size,
+        )  # fmt: skip
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+        if 0 < self.config.whiten_bias_epochs <= epoch:
+            freeze_group(self.optimizer, "whiten_bias")
+
+    def step(
+        self, stats: StepStats, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
+    ) -> None:
+        """One optimizer step on a uint8 batch at (epoch, step), added to `stats`."""
+        c, steps = self.config, self.steps
+        global_step = epoch * steps + step
+        torch.manual_seed(seeds.step_seed(c.seed, epoch, step, self.world.rank))
+        set_lr(
+            self.optimizer, step_lr(c.convention, self.schedule(global_step / steps), self.batch)
+        )
+        if self.skipper is not None:
+            self.skipper.save()
+        loss, logits = train_step(
+            self.model, self.forward, self.optimizer, self.scaler,
+            self.normalizer(x, c.channels_last), y, self.precision, c.label_smoothing,
+            grad_scale=self.world.size, loss=self.loss,
+        )  # fmt: skip
+        with torch.no_grad():
+            bad = ~torch.isfinite(loss)
+            if self.skipper is not None:
+                if self.world.active:  # every rank skips when any rank's loss is not finite
+                    bad = distributed.all_reduce_(bad.float(), distributed.MAX) > 0
+                self.skipper.undo_if(bad)
+        if self.lookahead is not None:
+            self.lookahead.step(global_step + 1, steps * c.epochs)
+        stats.add(loss, logits, y, bad, global_step)
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0) -> dict:
+        """Loss and accuracies over all ranks, each evaluating its shard."""
+        from dawntrain.engine.evaluate import evaluate
+
+        shard = slice(self.world.rank, None, self.world.size)
+        c = self.config
+        return evaluate(
+            self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
+            self.precision, c.channels_last, tta_level=tta_level,
+        )  # fmt: skip
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final test images: the data set's test split, else the validation images."""
+        if self.splits.test_images is None:
+            return self.val_x, self.val_y
+        return to_device(self.splits.test_images, self.device), to_device(
+            self.splits.test_labels, self.device
+        ).long()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's weights and optimizer state, plus what inference needs to use the model."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else {},
+            "config": self.config.to_dict(),
+            "normalizer": self.normalizer.state(),
+            "class_names": list(self.splits.class_names),
+            "image_size": list(self.splits.train_images.shape[1:3]),
+            "version": dawntrain.__version__,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
+
+
+def build(
+    config: Config,
+    dataset,
+    world: distributed.World | None = None,
+) -> Run:
+    """The run `config` describes on `dataset` (an ImageDataset, already checked) for this
+    process of `world` (None: one process on config.device). The model's initial weights come
+    from torch's global generator: seed it first (fit() seeds it with config.seed)."""
+    world = world or distributed.World.single(config.device)
+    device = world.device
+    splits = make_splits(config, dataset)
+    batch = global_batch(config, world.size)
+    if batch > len(splits.train_labels):
+        raise DawntrainError(
+            f"batch_size {batch} is larger than the training set "
+            f"({len(splits.train_labels)} images); lower it with --batch-size"
+        )
+    if batch < world.size:
+        raise DawntrainError(f"a global batch of {batch} cannot feed {world.size} ranks")
+    normalizer = make_normalizer(config, splits.train_images)
+    train_x, train_y = (
+        to_device(splits.train_images, device),
+        to_device(splits.train_labels, device),
+    )
+    val_x, val_y = to_device(splits.val_images, device), to_device(splits.val_labels, device)
+    model = model_for(config, len(splits.class_names))
+    if config.sync_bn and world.active:
+        model = distributed.convert_sync_batchnorm(model, device)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=fmt)
+    if hasattr(model, "init_from_data"):
+        # Whitening filters from (up to) 5,000 training images, identically on every resume.
+        pick = torch.randperm(
+            len(train_y), generator=seeds.generator(config.seed, 0, seeds.WHITEN_SUBSET)
+        )
+        model.init_from_data(normalizer(train_x[pick[:5000]], config.channels_last))
+    optimizer = make_optimizer(model, config, batch)
+    precision = resolve_precision(config.precision, device)
+    forward = model
+    if world.active:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        forward = torch.compile(forward)
+    return Run(
+        config=config,
+        world=world,
+        precision=precision,
+        splits=splits,
+        normalizer=normalizer,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        schedule=make_schedule(config),
+        lookahead=Lookahead(model) if config.lookahead else None,
+        skipper=SkipNonFinite(model, optimizer) if config.on_nonfinite == "skip-step" else None,
+        batch=batch,
+        train_x=train_x,
+        train_y=train_y.long(),
+        val_x=val_x,
+        val_y=val_y.long(),
+    )

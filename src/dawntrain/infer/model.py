@@ -1,0 +1,81 @@
+"""A checkpoint's model, ready to use: built as training built it, with its weights, its input
+normalization and the run's evaluation settings (precision, TTA level, batch size)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dawntrain.config import Config, apply
+from dawntrain.data.batches import Normalizer
+from dawntrain.engine.build import model_on_device
+from dawntrain.engine.evaluate import evaluate
+from dawntrain.models import input_size as model_input_size
+from dawntrain.runtime.device import resolve_device, resolve_precision
+from dawntrain.train import checkpoint
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model in eval mode on its device, and how the run evaluated it."""
+
+    model: nn.Module
+    config: Config
+    normalizer: Normalizer
+    state: dict[str, Any]  # the raw checkpoint
+    precision: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.state["class_names"])
+
+    def evaluate(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        tta_level: int = 0,
+        probabilities: bool = False,
+        precision: str | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]:
+        """engine.evaluate on uint8 NHWC arrays, in this process alone."""
+        x = torch.as_tensor(np.ascontiguousarray(images)).to(self.device)
+        y = None if labels is None else torch.as_tensor(np.asarray(labels)).long().to(self.device)
+        c = self.config
+        return evaluate(
+            self.model, x, y, self.normalizer, batch_size or c.eval_batch_size,
+            precision or self.precision, c.channels_last, tta_level=tta_level,
+            probabilities=probabilities, all_ranks=False,
+        )  # fmt: skip
+
+
+def load_model(path: Path, device: str = "auto") -> TrainedModel:
+    state = checkpoint.load(path)
+    config = apply(Config(), state["config"], f"checkpoint {path}")
+    dev = resolve_device(device)
+    model = model_on_device(config, len(state["class_names"]), dev)
+    model.load_state_dict(state["model"])
+    normalizer = Normalizer(**state["normalizer"])
+    return TrainedModel(
+        model.eval(), config, normalizer, state, resolve_precision(config.precision, dev)
+    )
+
+
+def input_size(state: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of the images a checkpoint's model trained on: the checkpoint's
+    `image_size` where the run stored it, else its config's (models.input_size)."""
+    if "image_size" in state:
+        h, w = state["image_size"]
+        return int(h), int(w)
+    config = apply(Config(), state.get("config", {}), "checkpoint")
+    side = model_input_size(config) or 32
+    return side, side

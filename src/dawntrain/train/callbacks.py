@@ -1,0 +1,149 @@
+"""What fit() does beyond training, plugged in: each hook is called by the loop, which imports
+none of the plug-ins. Analysis (the curvature probe, TensorBoard, the report) adds its own
+callbacks from above (dawntrain.analysis.callbacks); tests inject faults the same way.
+
+A callback sees the `Run` (model, optimizer, data: dawntrain.engine.build) and the loop's
+`LoopState` (epoch, step, history, the run directory) and may set `state.checkpoint_due` to have
+the loop save after the current step.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from dawntrain.engine.evaluate import sanity_check
+from dawntrain.engine.step import StepStats
+from dawntrain.train.log import MetricsLog
+
+if TYPE_CHECKING:
+    from dawntrain.engine.build import Run
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: the epoch and the next step in it, the epochs' metrics so far."""
+
+    out: Path
+    say: Callable[..., None]  # prints on the main rank unless quiet
+    dataset: Any = None
+    epoch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stats: StepStats | None = None
+    resumed: bool = False
+    checkpoint_due: bool = False
+
+
+class Callback:
+    """fit() calls these in order; each does nothing unless overridden."""
+
+    def on_fit_start(self, run: Run, state: LoopState) -> None: ...
+    def on_epoch_start(self, run: Run, state: LoopState) -> None: ...
+    def on_step_end(self, run: Run, state: LoopState) -> None: ...
+    def on_epoch_metrics(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None:
+        """Add fields to an epoch's metrics before they are logged."""
+
+    def on_epoch_end(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None: ...
+    def on_fit_end(self, run: Run, state: LoopState, summary: dict[str, Any]) -> None: ...
+    def close(self) -> None:
+        """Called however fit() ends (finished, interrupted, failed)."""
+
+
+class Callbacks:
+    """Callbacks called as one, in order: `callbacks("on_epoch_end", run, state, metrics)`."""
+
+    def __init__(self, callbacks: list[Callback]):
+        self.callbacks = list(callbacks)
+
+    def __call__(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)
+
+
+class SanityCheck(Callback):
+    """Before a fresh run trains, the untrained model's accuracy and loss against chance."""
+
+    def on_fit_start(self, run: Run, state: LoopState) -> None:
+        if not state.resumed:
+            c = run.config
+            state.say(
+                sanity_check(
+                    run.model,
+                    run.val_x,
+                    run.val_y,
+                    run.normalizer,
+                    run.precision,
+                    run.num_classes,
+                    c.channels_last,
+                )  # fmt: skip
+            )
+
+
+class CheckpointEverySteps(Callback):
+    """A checkpoint inside the epoch every `every` steps, so a crash loses at most that many."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, run: Run, state: LoopState) -> None:
+        state.checkpoint_due = state.step % self.every == 0
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch on stderr, where stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def on_epoch_start(self, run: Run, state: LoopState) -> None:
+        self.bar = tqdm(
+            total=run.steps,
+            initial=state.step,
+            desc=f"epoch {state.epoch + 1}/{run.config.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not self.enabled,
+        )
+
+    def on_step_end(self, run: Run, state: LoopState) -> None:
+        self.bar.update()
+
+    def on_epoch_end(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsTable(Callback):
+    """RUN/metrics.jsonl, one line per epoch, and the per-epoch table on the console."""
+
+    def __init__(self, path: Path, quiet: bool, stream):
+        self.log = MetricsLog(path, quiet=quiet, stream=stream)
+
+    def on_epoch_end(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None:
+        self.log.write(metrics)
+
+
+def default_callbacks(run: Run, out: Path, stream) -> list[Callback]:
+    """The plug-ins the config asks for that live in train/: sanity check, checkpoints inside
+    the epoch, the progress bar, the metrics log (the last two on the main rank)."""
+    c, main = run.config, run.world.is_main
+    callbacks: list[Callback] = []
+    if c.sanity_check:
+        callbacks.append(SanityCheck())
+    if c.checkpoint_every_steps:
+        callbacks.append(CheckpointEverySteps(c.checkpoint_every_steps))
+    callbacks.append(ProgressBar(main and not c.quiet and sys.stderr.isatty()))
+    if main:
+        callbacks.append(MetricsTable(out / "metrics.jsonl", c.quiet, stream))
+    return callbacks
