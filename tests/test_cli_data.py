@@ -105,4 +105,4 @@ def test_train_one_epoch_on_converted_records_then_eval_on_a_glob(tmp_path, caps
     glob = str(records / "*.tfrecord*")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", glob]) == 0
-    assert "(30 images)" in capsys.readouterr().out
+    assert "test set, 30 images" in capsys.readouterr().out
