@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from dawntrain.errors import ConfigError, DawntrainError
+from dawntrain.files import atomic_write
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -211,8 +212,7 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 def _write_result(directory: Path, stem: str, result: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return atomic_write(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:

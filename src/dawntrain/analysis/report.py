@@ -22,6 +22,7 @@ from dawntrain.analysis.plots import (
     png_bytes,
 )
 from dawntrain.errors import ConfigError, DataError, DawntrainError
+from dawntrain.files import atomic_write
 from dawntrain.train.log import read_metrics
 
 STYLE = """
@@ -155,7 +156,7 @@ def write_report(run_dir: Path, data=None, device: str = "auto") -> Path:
 
     `data`: the run's data set object or a source; None loads the run's own source."""
     out = Path(run_dir) / "report.html"
-    out.write_text(render_report(run_dir, data, device), encoding="utf-8")
+    atomic_write(out, render_report(run_dir, data, device).encode("utf-8"))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from dawntrain.bench import accuracy
 from dawntrain.config import Config, apply, resolve, validate
-from dawntrain.train.checkpoint import atomic_write
+from dawntrain.files import atomic_write
 
 # Row name → the config changes that switch one trick off (or a function of the preset's config
 # that returns them). TTA needs no run of its own: every row reports accuracy with and without it.
@@ -102,4 +102,4 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write(path: Path, result: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
+    atomic_write(path, json.dumps(result, indent=1).encode())

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dawntrain.errors import ConfigError
+from dawntrain.files import atomic_write
 from dawntrain.infer.model import input_size, load_model
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -108,5 +109,5 @@ def export(checkpoint: Path, fmt: str, out: Path) -> tuple[Path, Path]:
         else:
             _export_torchscript(model, example, out)
     side = out.with_name(out.name + ".json")
-    side.write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write(side, (json.dumps(meta, indent=2) + "\n").encode())
     return out, side

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from dawntrain.data.images import IMAGE_EXTENSIONS, resize_image
 from dawntrain.engine.build import run_data
 from dawntrain.errors import CheckpointError, DataError
+from dawntrain.files import atomic_write
 from dawntrain.infer.model import input_size, load_model
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PREDICTIONS_FILE = "predictions.npz"
 # Test images kept in predictions.npz for the report's grid: this many right and as many wrong.
 GRID_PER_KIND = 16
@@ -60,7 +61,7 @@ def load_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]
             h, w = size
             if img.size != (w, h):
                 notes.append(f"resized from {img.width}x{img.height} to {w}x{h} (aspect not kept)")
-                img = img.resize((w, h), Image.Resampling.BICUBIC)
+                img = resize_image(img, w, h)
             return np.asarray(img, dtype=np.uint8).copy(), notes
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path} cannot be read as an image ({e}); pass image files") from e
@@ -195,8 +196,6 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
         "grid_images": images[grid],
         "key": np.array(key),
     }
-    # Written beside and renamed over: a report reading the cache never sees half a file.
-    tmp = cache.with_name(f".{cache.name}.tmp.npz")
-    np.savez(tmp, **result)
-    tmp.replace(cache)
+    # Written whole or not at all: a report reading the cache never sees half a file.
+    atomic_write(cache, lambda f: np.savez(f, **result))
     return result

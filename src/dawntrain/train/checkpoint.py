@@ -6,16 +6,14 @@ A checkpoint holds only tensors and plain types so it loads with `torch.load(wei
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dawntrain.errors import CheckpointError
+from dawntrain.files import atomic_write
 
 # Config keys that may differ between a checkpoint and the run that resumes it.
 RESUMABLE_CHANGES = {
@@ -33,48 +31,13 @@ RESUMABLE_CHANGES = {
     "dist_timeout_s",
 }
 
-# mkstemp creates files 0600; written files get what open() would give them: 0666 minus umask.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file)` on a temp file beside `path`, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(
-                f"disk full while writing {path}; the previous file is intact, free space and resume"
-            ) from e
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
 
 def save(path: Path, state: dict[str, Any]) -> None:
     # Serialize in memory first: torch.save turns a failing write (a full disk) into a RuntimeError
     # without its errno, and a plain write keeps the OSError that atomic_write reports.
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    atomic_write(path, buffer.getbuffer(), error=CheckpointError)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dawntrain.config import Config
 from dawntrain.engine.build import Run, build, run_data
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import DawntrainError
+from dawntrain.files import atomic_write
 from dawntrain.runtime import distributed
 from dawntrain.runtime.device import describe, synchronize
 from dawntrain.runtime.malloc import freed_memory_kept
@@ -245,7 +246,7 @@ def check_finite(stats: StepStats, steps: int, on_nonfinite: str = "stop") -> No
 
 
 def write_text(path: Path, text: str) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text.encode())
 
 
 def default_out(config: Config) -> Path:
