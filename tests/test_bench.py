@@ -71,6 +71,13 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
     assert 0 <= result["test_acc"]["min"] <= result["test_acc"]["mean"] <= result["test_acc"]["max"]
     assert result["results"][0]["first_epoch_at_target"] == 1
     assert result["data_from_cache"] is False  # a fresh cache: the decode was timed
+    # davidnet at width 4: 1 epoch of 5,000 images x3, one validation and the sanity-free test.
+    from dawntrain.analysis.flop_count import flops
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+
+    forward = flops(model_for(resolve("davidnet", sets=["width=4"]), 10), (3, 32, 32))
+    assert result["flop_per_run"]["total"] == (3 * 5000 + 1000) * forward
     assert "from the cache" not in capsys.readouterr().out
     args[args.index("--runs") + 1] = "1"  # the same data again: now the cache answers
     assert main(args) == 0

@@ -140,3 +140,40 @@ def test_the_documented_entry_point_is_the_function():
     from dawntrain.models import build_model
 
     assert dawntrain.analysis.flops(build_model("davidnet", 10), (3, 32, 32)) == 758_523_904
+
+
+@pytest.mark.parametrize(
+    "preset, side, classes",
+    [("davidnet", 32, 10), ("fast", 32, 10), ("tiny-imagenet-resnet", 64, 200)],
+)
+def test_headline_count_equals_torchs_flop_counter(preset, side, classes):
+    # The public convention (multiply-add x2 of convolutions and linear layers) is what
+    # torch.utils.flop_counter counts for these models: nothing elementwise is added on top.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+
+    model = model_for(resolve(preset, sets=["width=16"]), classes).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    assert flops(model, (3, side, side)) == counter.get_total_flops()
+
+
+def test_run_flops_counts_training_x3_and_every_evaluation_pass():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.config import resolve
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, bias=False))
+    f = 2 * 12 * 5  # forward FLOPs per image
+    config = resolve("fast", sets=["epochs=4", "eval_every=2", "tta_level=2"])
+    got = run_flops(model, config, (3, 2, 2), n_train=100, n_val=30, n_test=20)
+    assert got["train"] == 3 * f * 100 * 4
+    assert got["validation"] == f * 30 * 2  # after epochs 2 and 4
+    assert got["test"] == f * 20 * (1 + 6)  # plain, then 6 views at TTA level 2
+    assert got["sanity_check"] == f * 30
+    assert got["total"] == sum(v for k, v in got.items() if k != "total")
+    # Validation on the test set and no TTA or lookahead: no second test pass.
+    plain = resolve("davidnet", sets=["epochs=2", "sanity_check=false"])
+    got = run_flops(model, plain, (3, 2, 2), n_train=100, n_val=30)
+    assert got["test"] == 0 and got["sanity_check"] == 0

@@ -182,3 +182,41 @@ def elementwise_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> in
 def training_flops_per_image(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """3 × forward: the usual convention that the backward pass costs twice the forward."""
     return 3 * flops(model, input_shape)
+
+
+def tta_views(level: int) -> int:
+    """Forward passes per image of engine.evaluate.tta_logits at a TTA level."""
+    return {0: 1, 1: 2}.get(level, 6)
+
+
+def run_flops(
+    model: nn.Module,
+    config,
+    input_shape: tuple[int, int, int],
+    n_train: int,
+    n_val: int,
+    n_test: int | None = None,
+) -> dict[str, int]:
+    """FLOPs of a whole run the way the public speed records count them: multiply-adds x2 of
+    convolutions and linear layers only, x3 for a training step (forward and backward), plus
+    every evaluation pass (the per-epoch validations, the final test with and without TTA, the
+    untrained-model check). `n_test` None: the final test is the validation set, evaluated
+    again only where TTA or lookahead asks for it. Returns each part and the total."""
+    forward = flops(model, input_shape)
+    epochs = config.epochs
+    validations = sum(
+        1
+        for e in range(1, epochs + 1)
+        if e == epochs or (config.eval_every and e % config.eval_every == 0)
+    )
+    test_images = n_val if n_test is None else n_test
+    tests = 0
+    if n_test is not None or config.tta_level or config.lookahead:
+        tests = test_images * (1 + (tta_views(config.tta_level) if config.tta_level else 0))
+    parts = {
+        "train": 3 * forward * n_train * epochs,
+        "validation": forward * n_val * validations,
+        "test": forward * tests,
+        "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,
+    }
+    return {**parts, "total": sum(parts.values())}

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dawntrain.analysis.callbacks import for_config
+from dawntrain.analysis.flop_count import run_flops
 from dawntrain.config import Config
 from dawntrain.data import default_cache_dir
 from dawntrain.engine.build import run_data
+from dawntrain.models import model_for
 from dawntrain.train.loop import fit
 
 
@@ -75,6 +77,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
         "preset": config.preset,
         "data": config.data,
         "runs": runs,
+        "flop_per_run": _run_flops(config, dataset),
         "data_preparation_s": round(data_s, 1),
         "data_from_cache": cached,
         "test_acc": _stats([r["test_acc"] for r in results]),
@@ -88,6 +91,15 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
     return summary
 
 
+def _run_flops(config: Config, dataset) -> dict[str, int]:
+    """run_flops of the config's model on this data, split as fit() splits it."""
+    n_train, side = len(dataset.train_labels), dataset.train_images.shape[1]
+    n_val = config.val_from_train or len(dataset.test_labels)
+    n_test = len(dataset.test_labels) if config.val_from_train else None
+    model = model_for(config, len(dataset.class_names))
+    return run_flops(model, config, (3, side, side), n_train - config.val_from_train, n_val, n_test)
+
+
 def format_summary(s: dict[str, Any]) -> str:
     def line(name: str, st: dict[str, float], fmt: str = "{:.4f}") -> str:
         return f"{name:<16}" + "  ".join(f"{k} {fmt.format(v)}" for k, v in st.items())
@@ -96,6 +108,10 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("data_from_cache"):
         prep += "; decoded earlier, read from the cache: remove its entry to time the decode"
     lines = [f"{s['preset']} on {s['data']}, {s['runs']} runs ({prep})"]
+    if "pflop_per_run" in s:
+        lines.append(
+            f"{'PFLOP/run':<16}{s['pflop_per_run']} (public convention: docs/benchmarks.md)"
+        )
     lines.append(line("test acc", s["test_acc"]))
     if "test_acc_tta" in s:
         lines.append(line("test acc (TTA)", s["test_acc_tta"]))
