@@ -12,6 +12,7 @@ import torch
 from dawntrain.config import resolve
 from dawntrain.engine.build import build
 from dawntrain.engine.step import StepStats
+from dawntrain.infer.evaluate import evaluate_checkpoint
 from dawntrain.runtime.distributed import World
 from dawntrain.train import fit
 from synthetic import tiny_dataset
