@@ -37,3 +37,31 @@ def test_a_source_of_another_size_is_refused_by_name(tmp_path):
     other = image_folder(tmp_path / "other", size=24)
     with pytest.raises(DataError, match=r"other.*24x24.*--resize"):
         evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", str(other), "cpu")
+
+
+def test_eval_of_a_tta_run_prints_what_its_summary_says(tmp_path, capsys):
+    import json
+
+    from dawntrain.cli import main
+
+    data = image_folder(tmp_path / "data", size=16)
+    sets = [s for s in SETS if not s.startswith(("tta_level", "epochs"))] + ["epochs=2"]
+    config = resolve("fast", sets=sets + ["tta_level=2", "lookahead=true"])
+    config.out, config.data = str(tmp_path / "run"), str(data)
+    fit(config)
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    result = evaluate_checkpoint(ckpt, device="cpu")
+    # Bitwise what the run reported: the same weights, evaluation path, precision and batches.
+    assert (result["acc"], result["loss"]) == (final["test_acc"], final["test_loss"])
+    assert result["tta"]["level"] == 2
+    assert (result["tta"]["acc"], result["tta"]["loss"]) == (
+        final["test_acc_tta"],
+        final["test_loss_tta"],
+    )
+    assert 0 <= result["acc"] <= result["top5"] == 1.0  # 3 classes: top-5 holds them all
+    assert main(["eval", "--checkpoint", str(ckpt), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tta"]["acc"] == final["test_acc_tta"]
+    assert main(["eval", "--checkpoint", str(ckpt), "--tta", "0"]) == 0
+    assert "TTA" not in capsys.readouterr().out
