@@ -12,14 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dawntrain import seeds
+
 # keras_preprocessing's samplewise_std_normalization epsilon (standalone Keras <= 2.1 used 1e-7).
 KERAS_STD_EPS = 1e-6
-
-
-def generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator whose stream depends on (seed, *keys) and on nothing else."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def channel_stats(images: np.ndarray | torch.Tensor) -> tuple[list[float], list[float]]:
@@ -50,14 +46,16 @@ def epoch_plan(
     """Order and augmentation for one epoch. With `alternate_flip` (from airbench), each image is
     flipped at random in epoch 0 and then in every other epoch exactly when it was not before, so
     both views are seen equally often instead of by chance."""
-    g = generator(seed, epoch, 1)
+    g = seeds.generator(seed, epoch, seeds.EPOCH_PLAN)
     order = torch.randperm(n, generator=g)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     if not flip:
         flips = torch.zeros(n, dtype=torch.bool)
     elif alternate_flip:
-        per_image = (torch.rand(n, generator=generator(seed, 0, 2)) < 0.5) ^ bool(epoch % 2)
+        per_image = (
+            torch.rand(n, generator=seeds.generator(seed, 0, seeds.FLIP_PARITY)) < 0.5
+        ) ^ bool(epoch % 2)
         flips = per_image[order]
     else:
         flips = torch.rand(n, generator=g) < 0.5

@@ -26,6 +26,7 @@ from dawntrain.data.batches import (
     steps_per_epoch,
     train_batches,
 )
+from dawntrain.engine.evaluate import evaluate
 from dawntrain.engine.lookahead import Lookahead
 from dawntrain.engine.nonfinite import SkipNonFinite
 from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr, step_lr
@@ -196,8 +197,6 @@ class Run:
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0) -> dict:
         """Loss and accuracies over all ranks, each evaluating its shard."""
-        from dawntrain.engine.evaluate import evaluate
-
         shard = slice(self.world.rank, None, self.world.size)
         c = self.config
         return evaluate(
