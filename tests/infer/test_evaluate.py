@@ -37,3 +37,20 @@ def test_a_source_of_another_size_is_refused_by_name(tmp_path):
     other = image_folder(tmp_path / "other", size=24)
     with pytest.raises(DataError, match=r"other.*24x24.*--resize"):
         evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", str(other), "cpu")
+
+
+def test_other_classes_are_named_or_evaluated_on_the_shared_ones(tmp_path, capsys):
+    train(image_folder(tmp_path / "data", size=16), tmp_path / "run", resize=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    four = str(image_folder(tmp_path / "four", size=16, classes=4))
+    with pytest.raises(DataError, match=r"3 classes \(class0, class1, class2\).*has 4 "):
+        evaluate_checkpoint(ckpt, four, "cpu")
+    result = evaluate_checkpoint(ckpt, four, "cpu", shared_classes=True)
+    assert result["shared_classes"] == ["class0", "class1", "class2"]
+    assert result["examples"] == 3 * 8  # the test images of the three shared classes
+    assert 0 <= result["acc"] <= result["top5"] == 1.0  # 3 classes: the top 5 hold them all
+
+    from dawntrain.cli import main
+
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", four, "--shared-classes"]) == 0
+    assert "24 images of the 3 shared classes" in capsys.readouterr().out
