@@ -173,7 +173,8 @@ def optimizer_rates(optimizer) -> dict[str, float]:
         rates.setdefault(key, float(group["lr"]))
     if rates.get("bias_lr") == rates.get("lr"):
         rates.pop("bias_lr", None)
-    return rates
+    order = ["lr", "muon_lr", "bias_lr"]
+    return dict(sorted(rates.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 3))
 
 
 class EpochRates(Callback):
