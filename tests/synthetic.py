@@ -36,11 +36,12 @@ def tiny_dataset(
     )
 
 
-def image_folder(root: Path, per_class: int = 24, size: int = 32) -> Path:
-    """train/<class>/*.png and test/<class>/*.png for three classes, as users lay them out."""
+def image_folder(root: Path, per_class: int = 24, size: int = 32, classes: int = 3) -> Path:
+    """train/<class>/*.png and test/<class>/*.png for `classes` classes (class0, class1, ...),
+    as users lay them out."""
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("test", per_class // 3)):
-        for label in range(3):
+        for label in range(classes):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True)
             for i in range(n):

@@ -176,3 +176,14 @@ def test_the_check_finds_an_upward_import_a_circle_and_a_private_name(fake_tree)
     assert "imports dawntrain.data.b's private _helper" in found
     assert "uses private b._x" in found
     assert "import circle: dawntrain.train.loop -> dawntrain.train.other" in found
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "split these: " + ", ".join(long)

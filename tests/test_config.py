@@ -49,3 +49,28 @@ def test_every_preset_resolves_and_round_trips_through_toml(tmp_path):
         f.write_text(cfg.to_toml())
         assert resolve(name, config_file=f) == cfg
     assert isinstance(Config().to_toml(), str)
+
+
+def test_checkpoint_name_is_checked_at_once_and_takes_the_epochs_metrics():
+    from dawntrain.config import checkpoint_file_name
+
+    cfg = resolve("davidnet", sets=["checkpoint_name='ep{epoch}-{val_acc:.3f}.pt'"])
+    metrics = {"epoch": 3, "val_acc": 0.91234, "val_loss": 0.3, "train_loss": 0.4, "lr": 0.1}
+    assert checkpoint_file_name(cfg.checkpoint_name, metrics) == "ep3-0.912.pt"
+    # An epoch without validation (eval_every) reads nan instead of failing.
+    assert checkpoint_file_name(cfg.checkpoint_name, {"epoch": 2, "val_acc": None}) == "ep2-nan.pt"
+    with pytest.raises(ConfigError, match="no field 'acc'; the fields are epoch, lr, train_loss"):
+        resolve("davidnet", sets=["checkpoint_name='ep{epoch}-{acc}.pt'"])
+    for bad in ["'ep{epoch'", "'best.pt'", "'ep{epoch}.ckpt'"]:
+        with pytest.raises(ConfigError, match="checkpoint_name"):
+            resolve("davidnet", sets=[f"checkpoint_name={bad}"])
+
+
+def test_the_names_people_type_are_aliases_of_config_keys():
+    cfg = resolve("davidnet", sets=["wd=0.1", "learning_rate=0.2", "bs=64", "tta=1"])
+    assert (cfg.weight_decay, cfg.lr, cfg.batch_size, cfg.tta_level) == (0.1, 0.2, 64, 1)
+    assert resolve("davidnet", sets=["weight-decay=0.3"]).weight_decay == 0.3
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'ema'; `dawntrain train --print-config`"
+    ):
+        resolve("davidnet", sets=["ema=0.99"])

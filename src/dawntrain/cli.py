@@ -1,10 +1,14 @@
-"""The `dawntrain` command: parses arguments, calls the library, prints. Nothing else."""
+"""dawntrain: train image classifiers fast in plain PyTorch (DavidNet/ResNet-9 and a faster
+network on CIFAR-10, a ResNet on Tiny ImageNet), then evaluate, inspect and export them.
+
+The command parses arguments, calls the library and prints; the library computes and returns."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 import warnings
@@ -12,6 +16,36 @@ from pathlib import Path
 
 from dawntrain.errors import ConfigError, DawntrainError
 from dawntrain.files import atomic_write
+
+EXAMPLES = """examples:
+  dawntrain train --preset fast --data sample --epochs 4 --out runs/quick
+  dawntrain eval --checkpoint runs/quick/checkpoints/last.pt
+  dawntrain report runs/quick            # runs/quick/report.html
+  dawntrain train --resume runs/quick --epochs 6   # continue a run under its own config
+
+`dawntrain COMMAND --help` shows each command's options."""
+
+LR_HELP = (
+    "peak learning rate in the preset's `convention`: original (davidnet): the optimizer steps "
+    "with lr / batch_size on the loss summed over the batch (0.4 → 0.4/512); per_example "
+    "(fast): the optimizer steps with lr itself on the summed loss, a rate per example (8.5e-4)"
+)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and shows a default wherever one is set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS, []) and action.option_strings
+        if shown and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter, **kwargs)
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -24,16 +58,40 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="set any config key, e.g. --set width=32 (repeatable)",
+        help="set any config key, e.g. --set width=32 (repeatable; `--print-config` lists the "
+        "keys; lr, learning_rate, wd, weight_decay, bs, tta and workers are accepted too)",
     )
     p.add_argument(
         "--data", help="cifar10 | sample | tiny-imagenet | a path (archive, folder, records)"
     )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the preset's)")
+    p.add_argument("-b", "--batch-size", type=int, help="global batch size (default: the preset's)")
+    p.add_argument("--lr", type=float, help=LR_HELP + " (default: the preset's)")
+    p.add_argument(
+        "--wd",
+        "--weight-decay",
+        dest="weight_decay",
+        type=float,
+        help="weight decay per example (×batch on the summed gradient; default: the preset's)",
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of the initial weights, order and crops (default 0)"
+    )
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda if any)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="compute precision (default auto: bf16 where the device has it fast, else fp32)",
+    )
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes decoding image files on the first load (later runs read the cache)",
+    )
 
 
 def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
@@ -43,48 +101,68 @@ def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
         "data": args.data,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
         "seed": args.seed,
         "device": args.device,
         "precision": args.precision,
+        "workers": args.workers,
         **extra,
     }
     return config.resolve(args.preset or "davidnet", args.config, args.set, overrides, base)
 
 
-def _resumed_run(args: argparse.Namespace) -> tuple[dict | None, str | None]:
-    """`--resume RUN` without --preset: (the config RUN's checkpoint was trained with, RUN),
-    so that the resume command needs no other option."""
+def runs_with_checkpoints(root: Path = Path("runs")) -> list[Path]:
+    """Run directories under `root` that hold checkpoints/last.pt, newest first."""
+    found = [p.parent.parent for p in Path(root).glob("*/checkpoints/last.pt")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _resume_target(args: argparse.Namespace) -> tuple[Path, dict, Path] | None:
+    """(checkpoint, its contents, its run directory) of --resume, found before any data loads."""
     from dawntrain.train import checkpoint
 
-    if not args.resume or args.preset is not None:
-        return None, None
+    if not args.resume:
+        return None
     if args.resume == "last" and not args.out:
-        raise ConfigError("--resume last needs --out RUN (or name the run: --resume RUN)")
+        runs = runs_with_checkpoints()
+        where = (
+            "runs with checkpoints: " + ", ".join(str(r) for r in runs[:8])
+            if runs
+            else "no run under ./runs has a checkpoint"
+        )
+        raise ConfigError(f"--resume last needs --out RUN (or name the run: --resume RUN); {where}")
     path = checkpoint.resolve_resume(args.resume, args.out or Path("."))
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return checkpoint.load(path)["config"], str(run)
+    return path, checkpoint.load(path), run
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dawntrain.analysis.callbacks import for_config
-    from dawntrain.train import fit
+    from dawntrain.train import checkpoint, fit
 
-    base, run = _resumed_run(args)
+    target = _resume_target(args)
+    # `--resume RUN` alone: the config RUN was trained with, so it needs no other option.
+    own = target is not None and args.preset is None
     cfg = _resolve(
         args,
-        base=base,
-        out=str(args.out) if args.out else run,
+        base=target[1]["config"] if own else None,
+        out=str(args.out) if args.out else str(target[2]) if target else None,
         quiet=True if args.quiet else None,
         compile=True if args.compile else None,
         sanity_check=False if args.no_sanity_check else None,
         resize=True if args.resize else None,
         checkpoint_every_steps=args.checkpoint_every_steps,
         on_nonfinite=args.on_nonfinite,
+        tta_level=args.tta,
+        tensorboard=True if args.tensorboard else None,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
-    fit(cfg, resume=args.resume, callbacks=for_config(cfg))
+    if target is not None:
+        checkpoint.check_same_config(target[1], cfg)  # before the data loads
+    fit(cfg, resume=str(target[0]) if target else None, callbacks=for_config(cfg))
     return 0
 
 
@@ -92,9 +170,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from dawntrain.config import presets
 
     for name, path in sorted(presets().items()):
-        lines = path.read_text().splitlines()
-        about = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("#")), "")
-        print(f"{name:<24} {about}")
+        about = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            about.append(line[1:].strip())
+        first, *rest = about or [""]
+        print(f"{name:<22} {first}")
+        for line in rest:
+            print(f"{'':<22} {line}".rstrip())
     return 0
 
 
@@ -102,7 +186,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dawntrain.infer.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, args.data, args.device or "auto", args.tta, args.batch_size
+        args.checkpoint,
+        args.data,
+        args.device or "auto",
+        args.tta,
+        args.batch_size,
+        shared_classes=args.shared_classes,
     )
     if args.json:
         print(json.dumps(result))
@@ -116,6 +205,8 @@ def format_evaluation(result: dict) -> str:
         f"  {name:<14} loss {r['loss']:.4f}  accuracy {r['acc']:.4f}  top-5 {r['top5']:.4f}"
     )
     lines = [f"{result['source']}, {result['split']} set, {result['examples']} images:"]
+    if "shared_classes" in result:
+        lines[0] = lines[0][:-1] + f" of the {len(result['shared_classes'])} shared classes:"
     lines.append(line("plain", result))
     if "tta" in result:
         lines.append(line(f"TTA (level {result['tta']['level']})", result["tta"]))
@@ -124,12 +215,15 @@ def format_evaluation(result: dict) -> str:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from dawntrain.analysis.summary import format_summary
-    from dawntrain.models import model_for
+    from dawntrain.models import input_size, model_for
 
     cfg = _resolve(args)
-    size = args.image_size or (64 if cfg.preset.startswith("tiny") else 32)
-    model = model_for(cfg, args.num_classes or _num_classes(cfg))
-    print(format_summary(model, (3, size, size), title=f"{cfg.preset}: {cfg.model}"))
+    side = args.image_size or input_size(cfg) or 32
+    classes = args.num_classes or _num_classes(cfg)
+    model = model_for(cfg, classes)
+    what = f"{cfg.preset} preset" + (f", model {cfg.model}" if cfg.model != cfg.preset else "")
+    title = f"{what}: {side}x{side} input, {classes} classes"
+    print(format_summary(model, (3, side, side), title=title))
     return 0
 
 
@@ -179,12 +273,18 @@ def cmd_bench_conv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_runs(args: argparse.Namespace, kind: str, preset: str) -> Path:
+    """Where a benchmark's training runs go: --out, else under the results directory."""
+    out = args.out or args.results / "runs" / f"{kind}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"runs in {out}", file=sys.stderr)
+    return out
+
+
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from dawntrain.bench import accuracy
 
     cfg = _resolve(args)
-    out = args.out or Path("runs") / f"bench-accuracy-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = accuracy.run(cfg, args.runs, out, target=args.target)
+    result = accuracy.run(cfg, args.runs, _bench_runs(args, "accuracy", cfg.preset), args.target)
     path = _write_result(args.results, f"accuracy-{cfg.preset}", result)
     print(json.dumps(result) if args.json else accuracy.format_summary(result))
     print(f"written to {path}")
@@ -196,15 +296,14 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
     cfg = _resolve(args)
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ablation.ABLATIONS)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out or Path("runs") / f"bench-ablation-{cfg.preset}-{stamp}"
+    out = _bench_runs(args, "ablation", cfg.preset)
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"ablation-{cfg.preset}-{stamp}.json"
+    path = args.results / f"ablation-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     try:
         result = ablation.run(cfg, rows, args.runs, out, on_row=lambda r: ablation.write(path, r))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    print(ablation.format_table(result))
+    print(json.dumps(result) if args.json else ablation.format_table(result))
     print(f"written to {path}")
     return 0
 
@@ -265,6 +364,22 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_target(args: argparse.Namespace, name: str):
+    """(config, output file) of a recipe plot: a RUN's config and RUN/<name>.png, or the
+    options' config and --out, which is then required (no file lands in the working directory
+    unasked)."""
+    from dawntrain.config import load_toml
+
+    if args.run is not None:
+        if not (args.run / "config.toml").is_file():
+            raise ConfigError(f"{args.run} is not a run directory (it has no config.toml)")
+        base = load_toml(args.run / "config.toml")
+        return _resolve(args, base=base), args.out or args.run / f"{name}.png"
+    if args.out is None:
+        raise ConfigError(f"plot {name}: give a RUN directory or --out FILE.png")
+    return _resolve(args), args.out
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from dawntrain.analysis import plots
 
@@ -273,11 +388,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     elif args.plot == "confusion":
         path = plots.plot_confusion(args.run, args.out, args.data, args.device or "auto")
     elif args.plot == "lr":
-        cfg = _resolve(args)
-        path = plots.plot_lr(cfg, args.out or Path(f"lr-{cfg.preset}.png"), args.n_train)
+        cfg, out = _plot_target(args, "lr")
+        path = plots.plot_lr(cfg, out, args.n_train)
     else:
-        cfg = _resolve(args)
-        path = plots.plot_samples(cfg.data, cfg, args.n, args.out)
+        cfg, out = _plot_target(args, "samples")
+        path = plots.plot_samples(cfg.data, cfg, args.n, out)
     print(f"written to {path}")
     return 0
 
@@ -317,12 +432,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dawntrain", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda if any)"
+    )
 
-    p = sub.add_parser("train", help="train a model")
+
+def _train_parser(sub) -> None:
+    p = _command(sub, "train", "train a model (a run directory: metrics, checkpoints, report)")
     _add_config_options(p)
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<timestamp>)")
     p.add_argument(
@@ -331,6 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
         const="last",
         metavar="PATH|last",
         help="continue a run from a checkpoint, a run directory, or `last` in --out",
+    )
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        metavar="LEVEL",
+        help="test-time augmentation of the final test: 0 none, 1 flip, 2 flip + shifts "
+        "(default: the preset's)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write TensorBoard scalars in the run directory (needs `pip install tensorboard`)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
@@ -347,13 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("presets", help="list the named presets")
+
+def _model_parsers(sub) -> None:
+    p = _command(sub, "presets", "list the named presets with their descriptions")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("eval", help="test loss and accuracy of a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = _command(sub, "eval", "test loss, top-1 and top-5 accuracy of a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
     p.add_argument("--data", help="evaluate on this source instead of the run's")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _device_option(p)
     p.add_argument(
         "--tta",
         type=int,
@@ -361,59 +493,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time augmentation level (default: the run's own; 0 none, 1 flip, 2 flip + shifts)",
     )
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's)")
+    p.add_argument(
+        "--shared-classes",
+        action="store_true",
+        help="where the data's classes differ from the checkpoint's, evaluate on the images of "
+        "the classes both have (matched by name)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("summary", help="print a preset's layer table")
+    p = _command(sub, "summary", "print a preset's layer table: shapes, parameters, FLOPs")
     _add_config_options(p)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--image-size", type=int, help="input side (default: the model's)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the data source's)")
     p.set_defaults(func=cmd_summary)
 
-    bench = sub.add_parser("bench", help="benchmarks (results as JSON under benchmarks/results/)")
+
+def _bench_parsers(sub) -> None:
+    bench = _command(sub, "bench", "benchmarks; results as JSON under --results")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    p = bench_sub.add_parser("throughput", help="training images/s: reference path vs engine")
+    results = dict(type=Path, default=Path("benchmarks/results"), help="directory for the JSON")
+    as_json = dict(action="store_true", help="print one JSON object instead of the table")
+    p = _command(bench_sub, "throughput", "training images/s: reference path vs engine")
     _add_config_options(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--image-size", type=int, default=32, help="input side")
     p.add_argument("--peak-size", type=int, default=4096, help="n of the n³ matmul peak")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd engine")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_throughput)
-    p = bench_sub.add_parser("conv", help="small-map 3x3 convolutions: library vs matmuls")
+    p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
     p.add_argument("--shapes", help="BATCHxCHANNELSxSIDE,... (default: bench/conv.py's SHAPES)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_conv)
-    p = bench_sub.add_parser("accuracy", help="test accuracy over N seeds, with wall time per run")
+    runs_out = dict(type=Path, help="directory for the training runs (default RESULTS/runs/...)")
+    p = _command(bench_sub, "accuracy", "test accuracy over N seeds, with wall time per run")
     _add_config_options(p)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3, help="training runs (seeds 0..N-1)")
     p.add_argument("--target", type=float, help="report the first epoch reaching this accuracy")
-    p.add_argument("--out", type=Path, help="directory for the runs")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", **runs_out)
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_accuracy)
-    p = bench_sub.add_parser("ablation", help="each trick of a recipe off, one at a time")
+    p = _command(bench_sub, "ablation", "each trick of a recipe off, one at a time")
     _add_config_options(p)
     p.add_argument("--rows", help="comma-separated rows (default: all); see bench/ablation.py")
     p.add_argument("--runs", type=int, default=1, help="seeds per row")
-    p.add_argument("--out", type=Path, help="directory for the runs")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", **runs_out)
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_ablation)
-    p = bench_sub.add_parser("data", help="record shards vs image folders: convert, size, decode")
+    p = _command(bench_sub, "data", "record shards vs image folders: convert, size, decode")
     p.add_argument("--cifar", type=Path, help="a CIFAR-10 image folder or its archive")
     p.add_argument("--tiny", type=Path, help="a Tiny ImageNet folder or its archive")
     p.add_argument("--workers", type=int, default=2, help="processes for every step")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_data)
-    data = sub.add_parser("data", help="convert sources to TFRecord shards; inspect record files")
+
+
+def _data_parsers(sub) -> None:
+    data = _command(sub, "data", "convert sources to TFRecord shards; inspect record files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser(
-        "convert", help="write any source as <split>-0000i-of-0000N.tfrecord[.gz] + manifest.json"
+    p = _command(
+        data_sub,
+        "convert",
+        "write any source as <split>-0000i-of-0000N.tfrecord[.gz] + manifest.json",
     )
     p.add_argument(
         "src", help="cifar10 | sample | tiny-imagenet | a path (archive, folder, records)"
@@ -422,62 +571,97 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--shards", type=int, help="train shards (default 10, more past ~100 MB)")
     group.add_argument("--shard-size", type=int, help="records per shard, in every split")
-    p.add_argument("--compression", choices=["gzip", "zlib", "none"], default="gzip")
+    p.add_argument(
+        "--compression", choices=["gzip", "zlib", "none"], default="gzip", help="of each shard"
+    )
     p.add_argument("--layout", choices=["image", "seed"], default="image", help="record layout")
     p.add_argument("--workers", type=int, default=2, help="processes checking and writing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data_convert)
-    p = data_sub.add_parser("inspect", help="record count, features, labels; --verify every record")
+    p = _command(data_sub, "inspect", "record count, features, labels; --verify every record")
     p.add_argument("paths", nargs="+", metavar="PATH", help="converted directory, glob or file")
     p.add_argument("--split", help="only this split")
     p.add_argument("--verify", action="store_true", help="check every CRC, decode every image")
     p.set_defaults(func=cmd_data_inspect)
-    plot = sub.add_parser("plot", help="figures of a run or a recipe, saved as PNG")
+
+
+def _plot_parsers(sub) -> None:
+    plot = _command(sub, "plot", "figures of a run or a recipe, saved as PNG")
     plot_sub = plot.add_subparsers(dest="plot", required=True)
-    p = plot_sub.add_parser("curves", help="loss, accuracy, lr per epoch (RUN/curves.png)")
+    p = _command(plot_sub, "curves", "loss, accuracy, lr per epoch (RUN/curves.png)")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
     p.add_argument("--out", type=Path, help="default RUN/curves.png")
     p.set_defaults(func=cmd_plot)
-    p = plot_sub.add_parser("confusion", help="confusion matrix, per-class accuracy of last.pt")
+    p = _command(plot_sub, "confusion", "confusion matrix, per-class accuracy of last.pt")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
     p.add_argument("--out", type=Path, help="default RUN/confusion.png")
     p.add_argument("--data", help="test on this source instead of the run's")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _device_option(p)
     p.set_defaults(func=cmd_plot)
-    p = plot_sub.add_parser("lr", help="a recipe's lr schedule at step resolution")
+    recipe_run = dict(
+        type=Path, nargs="?", metavar="RUN", help="a run directory: its config, output in it"
+    )
+    p = _command(plot_sub, "lr", "a recipe's lr schedule at step resolution")
+    p.add_argument("run", **recipe_run)
     _add_config_options(p)
     p.add_argument("--n-train", type=int, help="training images (known for built-in sources)")
-    p.add_argument("--out", type=Path, help="default lr-<preset>.png")
+    p.add_argument("--out", type=Path, help="the PNG (default RUN/lr.png; needed without RUN)")
     p.set_defaults(func=cmd_plot)
-    p = plot_sub.add_parser("samples", help="training images as the pipeline feeds them")
+    p = _command(plot_sub, "samples", "training images as the pipeline feeds them")
+    p.add_argument("run", **recipe_run)
     _add_config_options(p)
     p.add_argument("--n", type=int, default=16, help="images in the grid")
-    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.add_argument("--out", type=Path, help="the PNG (default RUN/samples.png; needed without RUN)")
     p.set_defaults(func=cmd_plot)
-    p = sub.add_parser("report", help="write RUN/report.html: one self-contained page")
+
+
+def _use_parsers(sub) -> None:
+    p = _command(sub, "report", "write RUN/report.html: one self-contained page")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
     p.add_argument("--data", help="test on this source instead of the run's")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _device_option(p)
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("probe-lr", help="the locally best step α* beside the schedule's lr")
+    p = _command(sub, "probe-lr", "the locally best step α* beside the schedule's lr")
     _add_config_options(p)
     p.add_argument("--checkpoint", type=Path, help="probe these weights (default: the init)")
     p.add_argument("--batches", type=int, default=4, help="training batches to probe")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_probe_lr)
-    p = sub.add_parser("predict", help="class probabilities of image files")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--top-k", type=int, default=5)
+    p = _command(sub, "predict", "class probabilities of image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="files or directories")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--tta", action="store_true", help="average the run's test-time views")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _device_option(p)
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("export", help="weights for use outside dawntrain, plus F.json")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--format", choices=["safetensors", "onnx", "torchscript"], required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = _command(sub, "export", "weights for use outside dawntrain, plus F.json")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx", "torchscript"],
+        required=True,
+        help="safetensors: the state dict; onnx: a graph for onnxruntime; torchscript: traced",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the file to write (and F.json)")
     p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dawntrain import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dawntrain", description=__doc__, epilog=EXAMPLES, formatter_class=_Formatter
+    )
+    parser.add_argument("--version", action="version", version=f"dawntrain {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+    _model_parsers(sub)
+    _bench_parsers(sub)
+    _data_parsers(sub)
+    _plot_parsers(sub)
+    _use_parsers(sub)
     return parser
 
 
@@ -496,6 +680,26 @@ def _as_notes(show):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader left (`dawntrain summary | head`): stop quietly, as a killed pipe would.
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _as_notes(warnings.showwarning)
         try:
@@ -510,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             if str(e):
                 print(f"dawntrain: {e}", file=sys.stderr)
             return getattr(e, "exit_code", 130)
+        except BrokenPipeError:
+            raise
         except OSError as e:
             if args.debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -90,13 +90,18 @@ class Config:
     tta_level: int = 0  # test-time augmentation: 0 none, 1 flip, 2 flip + one-pixel translations
     eval_batch_size: int = 1024
     eval_every: int = 1  # validate every N epochs and after the last; 0: after the last only
+    workers: int = 0  # processes decoding image files on the first load; 0: the reader's default
     # Run bookkeeping.
     keep_checkpoints: int = 5
+    # Fields: epoch and the epoch's metrics (CHECKPOINT_NAME_FIELDS), e.g. "ep{epoch}-{val_acc:.3f}.pt".
     checkpoint_name: str = "epoch_{epoch:02d}.pt"
     checkpoint_every_steps: int = 0
     sanity_check: bool = True  # evaluate the untrained model first: accuracy should be chance
     on_nonfinite: str = "stop"  # stop | skip-step
     quiet: bool = False
+    # Outside a terminal (a log file, CI, Slurm): a progress line every N steps; -1: about 10 an
+    # epoch; 0: none.
+    log_every_steps: int = -1
     report: bool = True  # write RUN/report.html at the end
     tensorboard: bool = False  # TensorBoard scalars in RUN/ (needs `pip install tensorboard`)
     probe_every: int = 0  # log α* and the top Hessian eigenvalue every N epochs (0: never)
@@ -123,6 +128,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES = typing.get_type_hints(Config)
 
+# The names people type for config keys (`--set wd=0.1`), accepted as those keys.
+ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "decay": "weight_decay",
+    "bs": "batch_size",
+    "batch": "batch_size",
+    "tta": "tta_level",
+    "num_workers": "workers",
+    "j": "workers",
+    "eval_batch": "eval_batch_size",
+    "smoothing": "label_smoothing",
+    "warmup": "warmup_epochs",
+    "schedule": "lr_schedule",
+    "optim": "optimizer",
+}
+
+# What a checkpoint_name may use besides {epoch}: the epoch's metrics (nan where not measured).
+CHECKPOINT_NAME_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
 
 def presets() -> dict[str, Path]:
     """Preset name → TOML file shipped in dawntrain/presets."""
@@ -130,9 +155,44 @@ def presets() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
 
 
-def _suggest(key: str, names) -> str:
-    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(names)}"
+def _suggest(key: str, names, what: str = "keys") -> str:
+    """Close matches only; else where to see every name."""
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    if what == "keys":
+        return "; `dawntrain train --print-config` lists every key"
+    return f"; known {what}: {', '.join(names)}"
+
+
+def checkpoint_file_name(template: str, metrics: dict[str, Any]) -> str:
+    """`template` (config.checkpoint_name) filled in with an epoch's metrics; a metric not
+    measured that epoch (no validation) reads as nan."""
+    values = {
+        k: float("nan") if metrics.get(k) is None else metrics[k] for k in CHECKPOINT_NAME_FIELDS
+    }
+    return template.format(**values)
+
+
+def _check_checkpoint_name(template: str) -> None:
+    sample = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5}
+    sample.update(val_loss=1.0, val_acc=0.5)
+    try:
+        name = checkpoint_file_name(template, sample)
+    except KeyError as e:
+        raise ConfigError(
+            f"checkpoint_name {template!r}: no field {e}; the fields are "
+            f"{', '.join(CHECKPOINT_NAME_FIELDS)}, e.g. 'ep{{epoch}}-{{val_acc:.3f}}.pt'"
+        ) from None
+    except (ValueError, IndexError, TypeError) as e:
+        raise ConfigError(
+            f"checkpoint_name {template!r} is not a valid format string ({e})"
+        ) from None
+    if "/" in name or not name.endswith(".pt") or "{" not in template:
+        raise ConfigError(
+            f"checkpoint_name {template!r}: give a file name ending in .pt with {{epoch}} in it, "
+            "e.g. 'epoch_{epoch:02d}.pt' (older ones are pruned by the part before the first '{')"
+        )
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
@@ -160,6 +220,7 @@ def apply(config: Config, values: dict[str, Any], origin: str) -> Config:
     updates = {}
     for key, value in values.items():
         key = key.replace("-", "_")
+        key = ALIASES.get(key, key)
         if key not in _FIELDS:
             raise ConfigError(f"{origin}: unknown config key '{key}'{_suggest(key, _FIELDS)}")
         updates[key] = _coerce(key, value, origin)
@@ -214,10 +275,13 @@ def validate(config: Config) -> Config:
         (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (config.image_size >= 0, "image_size must be >= 0"),
         (config.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0"),
+        (config.workers >= 0, "workers must be >= 0 (0: the reader's default)"),
+        (config.log_every_steps >= -1, "log_every_steps must be >= -1 (-1: ~10 lines an epoch)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"impossible config: {message}")
+    _check_checkpoint_name(config.checkpoint_name)
     return config
 
 
@@ -234,7 +298,7 @@ def resolve(
     if base is not None:
         config = apply(Config(), base, "the checkpoint's config")
     elif preset not in known:
-        raise ConfigError(f"unknown preset '{preset}'{_suggest(preset, sorted(known))}")
+        raise ConfigError(f"unknown preset '{preset}'{_suggest(preset, sorted(known), 'presets')}")
     else:
         config = apply(Config(), {"preset": preset, **load_toml(known[preset])}, f"preset {preset}")
     if config_file is not None:

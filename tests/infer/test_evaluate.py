@@ -65,3 +65,20 @@ def test_eval_of_a_tta_run_prints_what_its_summary_says(tmp_path, capsys):
     assert printed["tta"]["acc"] == final["test_acc_tta"]
     assert main(["eval", "--checkpoint", str(ckpt), "--tta", "0"]) == 0
     assert "TTA" not in capsys.readouterr().out
+
+
+def test_other_classes_are_named_or_evaluated_on_the_shared_ones(tmp_path, capsys):
+    train(image_folder(tmp_path / "data", size=16), tmp_path / "run", resize=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    four = str(image_folder(tmp_path / "four", size=16, classes=4))
+    with pytest.raises(DataError, match=r"3 classes \(class0, class1, class2\).*has 4 "):
+        evaluate_checkpoint(ckpt, four, "cpu")
+    result = evaluate_checkpoint(ckpt, four, "cpu", shared_classes=True)
+    assert result["shared_classes"] == ["class0", "class1", "class2"]
+    assert result["examples"] == 3 * 8  # the test images of the three shared classes
+    assert 0 <= result["acc"] <= result["top5"] == 1.0  # 3 classes: the top 5 hold them all
+
+    from dawntrain.cli import main
+
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", four, "--shared-classes"]) == 0
+    assert "24 images of the 3 shared classes" in capsys.readouterr().out

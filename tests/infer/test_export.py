@@ -92,3 +92,36 @@ def test_onnx_runs_in_onnxruntime_with_the_same_logits(run, tmp_path, capsys):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"images": run.x.numpy()})
     np.testing.assert_allclose(got, run.logits.numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not has("safetensors"), reason="safetensors is not installed")
+def test_the_documented_safetensors_route_rebuilds_a_widened_fast_model(tmp_path):
+    """docs/analysis.md: model_for(apply(Config(), F.json's config), classes) keeps every
+    architecture key (width_factor: fast-wide), which build_model(model, n, width) drops."""
+    from safetensors.torch import load_file
+
+    from dawntrain.config import Config, apply
+    from dawntrain.models import model_for
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 48)
+    images = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+    data = SimpleNamespace(
+        train_images=images, train_labels=labels, test_images=images[:16],
+        test_labels=labels[:16], class_names=["ant", "bee", "cat"],
+    )  # fmt: skip
+    sets = ["width=4", "width_factor=3.0", "epochs=1", "batch_size=16", "image_size=16"]
+    sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu", "tta_level=0"]
+    sets += ["report=false"]
+    out = tmp_path / "run"
+    fit(resolve("fast", sets=sets, overrides={"out": str(out)}), dataset=data)
+    weights, side = export(out / "checkpoints" / "last.pt", "safetensors", tmp_path / "m.st")
+    meta = json.loads(side.read_text())
+    model = model_for(apply(Config(), meta["config"], "F.json"), len(meta["classes"]))
+    model.load_state_dict(load_file(weights))
+    trained = load_model(out / "checkpoints" / "last.pt", "cpu")
+    x = trained.normalizer(torch.as_tensor(images[:4]), channels_last=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), trained.model(x), rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError):  # the route docs/analysis.md gave before
+        build_model("fast", 3, meta["config"]["width"]).load_state_dict(load_file(weights))

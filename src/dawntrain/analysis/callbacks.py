@@ -6,6 +6,7 @@ the benchmarks pass them to fit(), which never imports this layer.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 from dawntrain.analysis.probe import probe_during_training
@@ -65,9 +66,11 @@ class Report(Callback):
         if not run.world.is_main:
             return
         try:
-            write_report(state.out, data=state.dataset, device=str(run.device))
+            path = write_report(state.out, data=state.dataset, device=str(run.device))
         except Exception as e:
             warnings.warn(f"could not write {state.out / 'report.html'}: {e}", stacklevel=1)
+            return
+        state.say(f"report: {path} (open it in a browser: file://{Path(path).resolve()})")
 
 
 def for_config(config: Config) -> list[Callback]:

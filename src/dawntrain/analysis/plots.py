@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from dawntrain.config import Config, resolve
 from dawntrain.data.batches import steps_per_epoch
 from dawntrain.engine.build import build, make_schedule, run_data
-from dawntrain.errors import DataError
+from dawntrain.errors import ConfigError, DataError
 from dawntrain.train.log import read_metrics
 
 # Training-set sizes of the built-in sources, for the lr plot's steps per epoch.
@@ -261,10 +261,17 @@ def figure_grid(
     return fig
 
 
-def plot_samples(data, config: Config | str, n: int = 16, out: Path = Path("samples.png")) -> Path:
-    """A grid of `n` training images as the pipeline feeds them, titled with class names.
+def plot_samples(data, config: Config | str, n: int = 16, out: Path | None = None) -> Path:
+    """A grid of `n` training images as the pipeline feeds them, titled with class names, saved
+    as `out` (default: samples.png in the config's run directory, config.out).
     `data`: a source name/path, or a data set object (train/test images, labels, class_names)."""
     config = resolve(config) if isinstance(config, str) else config
+    if out is None:
+        if not config.out:
+            raise ConfigError(
+                "plot_samples: give `out`, or a config whose `out` is a run directory"
+            )
+        out = Path(config.out) / "samples.png"
     # As training sees it: checked, resized where configured.
     dataset = run_data(config, str(data) if isinstance(data, Path) else data)
     images, labels, names = pipeline_samples(dataset, config, n)

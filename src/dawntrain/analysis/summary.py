@@ -1,4 +1,5 @@
-"""A layer table like Keras' model.summary(): name, output shape, parameters, totals."""
+"""A layer table like Keras' model.summary(): name, type, output shape, parameters, forward
+FLOPs (convolutions and linear layers, analysis/flop_count.py), totals."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from dawntrain.analysis.flop_count import elementwise_flops, flops_breakdown
 
 
 @dataclass
@@ -43,28 +46,44 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Laye
     return rows
 
 
+def _flops(n: int) -> str:
+    return "" if not n else f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
 def format_summary(model: nn.Module, input_shape: tuple[int, int, int], title: str = "") -> str:
+    """The table: one row per leaf module with its type, output shape, parameters and forward
+    FLOPs per image (multiply-adds × 2 of convolutions and linear layers), then the totals."""
     rows = layer_rows(model, input_shape)
-    width = max([len(r.name) + len(r.kind) + 3 for r in rows] + [20])
-    line = "─" * (width + 40)
+    matmul = flops_breakdown(model, input_shape, include_elementwise=False)
+    columns = [
+        ("Layer", [r.name for r in rows], "<"),
+        ("Type", [r.kind for r in rows], "<"),
+        ("Output shape", [str(r.output_shape) for r in rows], "<"),
+        ("Param #", [f"{r.params:,}" for r in rows], ">"),
+        ("FLOPs", [_flops(matmul.get(r.name, 0)) for r in rows], ">"),
+    ]
+    widths = [max(len(head), *(len(v) for v in values)) for head, values, _ in columns]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        f"{cell:{align}{w}}" for cell, w, (_, _, align) in zip(cells, widths, columns)
+    ).rstrip()
+    line = "─" * (sum(widths) + 2 * (len(widths) - 1))
     out = [title, line] if title else [line]
-    out.append(f"{'Layer (type)':<{width}}{'Output shape':<26}{'Param #':>14}")
-    out.append(line)
-    for r in rows:
-        out.append(
-            f"{r.name + ' (' + r.kind + ')':<{width}}{str(r.output_shape):<26}{r.params:>14,}"
-        )
+    out += [fmt([head for head, _, _ in columns]), line]
+    out += [fmt(cells) for cells in zip(*(values for _, values, _ in columns))]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     # Keras counts BatchNorm's moving mean and variance as non-trainable parameters; so do we.
     buffers = sum(
         b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")
     )
+    total_flops = sum(matmul.values())
     out += [
         line,
         f"Total params: {trainable + frozen + buffers:,}",
         f"Trainable params: {trainable:,}",
         f"Non-trainable params: {frozen + buffers:,} (frozen parameters and BatchNorm statistics)",
+        f"Forward FLOPs per image: {total_flops / 1e9:.3f} G in convolutions and linear layers "
+        f"(+{elementwise_flops(model, input_shape) / 1e9:.3f} G elementwise); training ~3x",
         line,
     ]
     return "\n".join(out)

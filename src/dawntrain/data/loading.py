@@ -37,19 +37,26 @@ def load(
 
 
 def checked(
-    source: str | os.PathLike | ImageDataset, *, side: int | None, resize: bool, what: str
+    source: str | os.PathLike | ImageDataset,
+    *,
+    side: int | None,
+    resize: bool,
+    what: str,
+    workers: int | None = None,
 ) -> ImageDataset:
     """The run's data: a source name/path is loaded (verifying a record manifest's sha256s),
     its labels checked against its class list, and its images must be side x side unless
     `resize` (then resized, decoding straight to the side where the reader can); an ImageDataset
     passed in code (or any object with its fields) is label-checked and used at its size.
     `what` names the expectation in the size error, e.g. "the fast preset (model fast)".
-    side None: any size."""
+    side None: any size. workers: decoding processes (None: the reader's default)."""
     if not isinstance(source, str | os.PathLike):
         check_labels(source, getattr(source, "source", None) or "the data set passed in")
         return source
     try:
-        dataset = load(source, resize=resize, side=side if resize else None, verify=True)
+        dataset = load(
+            source, resize=resize, side=side if resize else None, verify=True, workers=workers
+        )
     except OSError as e:  # a file the readers did not expect to fail, e.g. a broken link
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -61,6 +61,7 @@ def run_data(config: Config, source: str | ImageDataset | None = None) -> ImageD
         side=input_size(config),
         resize=config.resize,
         what=what,
+        workers=config.workers or None,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dawntrain.engine.build import run_data
 from dawntrain.errors import DataError
 from dawntrain.infer.model import load_model
@@ -16,32 +18,64 @@ def evaluate_checkpoint(
     device: str = "auto",
     tta_level: int | None = None,
     batch_size: int | None = None,
+    shared_classes: bool = False,
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 accuracy of a checkpoint on the test set of `data` (default: the
     run's own source, checked and resized as the run's data was), in the run's precision.
     `tta_level` None: the run's own level; where that is above 0 the result has the plain
     figures and, under "tta", those with test-time augmentation (summary.json's test_acc and
-    test_acc_tta)."""
+    test_acc_tta).
+
+    Data whose class list differs from the checkpoint's is refused, naming both lists, unless
+    `shared_classes`: then only the images of the classes both have (matched by name) are
+    evaluated, their labels mapped to the checkpoint's indices; the result names those classes
+    under "shared_classes"."""
     trained = load_model(path, device)
     config = trained.config
     dataset = run_data(config, data)
     if dataset.test_images is None:
         raise DataError(f"data source {data or config.data} has no test set to evaluate on")
-    if list(dataset.class_names) != trained.class_names:
-        raise DataError(
-            f"{path} was trained on {len(trained.class_names)} classes "
-            f"({', '.join(trained.class_names[:5])}{', ...' if len(trained.class_names) > 5 else ''}), "
-            f"the data has {len(dataset.class_names)} ({', '.join(dataset.class_names[:5])}"
-            f"{', ...' if len(dataset.class_names) > 5 else ''}); evaluate on data with the "
-            "checkpoint's classes"
-        )
-    level = config.tta_level if tta_level is None else tta_level
     images, labels = dataset.test_images, dataset.test_labels
+    data_classes, own = list(dataset.class_names), trained.class_names
+    shared = None
+    if data_classes != own:
+        if not shared_classes:
+            raise DataError(
+                f"{path} was trained on {len(own)} classes ({_names(own)}), the data has "
+                f"{len(data_classes)} ({_names(data_classes)}); evaluate on data with the "
+                "checkpoint's classes, or pass --shared-classes to use the classes both have"
+            )
+        images, labels, shared = _on_shared_classes(images, labels, data_classes, own)
+    level = config.tta_level if tta_level is None else tta_level
     result = trained.evaluate(images, labels, batch_size=batch_size)
     out = {**result, "split": "test", "source": getattr(dataset, "source", data or config.data)}
+    if shared is not None:
+        out["shared_classes"] = shared
     if level:
         out["tta"] = {
             **trained.evaluate(images, labels, level, batch_size=batch_size),
             "level": level,
         }
     return out
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
+
+
+def _on_shared_classes(images, labels, data_classes: list[str], own: list[str]):
+    """(images, labels in the checkpoint's indices, shared class names) of the test images
+    whose class the checkpoint knows."""
+    index = {name: i for i, name in enumerate(own)}
+    shared = [name for name in data_classes if name in index]
+    if not shared:
+        raise DataError(
+            f"the data's classes ({_names(data_classes)}) and the checkpoint's ({_names(own)}) "
+            "have none in common"
+        )
+    to_own = np.array([index.get(name, -1) for name in data_classes])
+    mapped = to_own[np.asarray(labels)]
+    keep = mapped >= 0
+    if not keep.any():
+        raise DataError(f"the test set has no images of the shared classes ({_names(shared)})")
+    return images[keep], mapped[keep], shared

@@ -10,6 +10,7 @@ the loop save after the current step.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,70 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+class StepLog(Callback):
+    """Where stderr is no terminal (a log file, CI, Slurm), a line every `every` steps: loss so
+    far this epoch, images/s, the optimizer's lr, and the time left for the whole run."""
+
+    def __init__(self, every: int, stream=None):
+        self.every, self.stream = every, stream or sys.stderr
+        self.t0, self.first = 0.0, 0
+
+    def on_epoch_start(self, run: Run, state: LoopState) -> None:
+        self.t0, self.first = time.perf_counter(), state.step
+
+    def on_step_end(self, run: Run, state: LoopState) -> None:
+        every = self.every if self.every > 0 else max(1, run.steps // 10)
+        if state.step % every and state.step != run.steps:
+            return
+        done = state.step - self.first
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        sums = state.stats.read()
+        loss = sums["loss_sum"] / sums["examples"] if sums["examples"] else float("nan")
+        left = (run.config.epochs - state.epoch - 1) * run.steps + run.steps - state.step
+        rates = optimizer_rates(run.optimizer)
+        lr = "  ".join(f"{k} {v:.3g}" for k, v in rates.items())
+        print(
+            f"epoch {state.epoch + 1}/{run.config.epochs} step {state.step}/{run.steps}  "
+            f"loss {loss:.4f}  {done * run.batch / seconds:.0f} img/s  {lr}  "
+            f"ETA {format_duration(left * seconds / max(done, 1))}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def optimizer_rates(optimizer) -> dict[str, float]:
+    """The lr each kind of parameter group last stepped with: `lr` (SGD's, the weights'; in the
+    original convention lr / batch), `muon_lr` (Muon's conv filters), `bias_lr` (BatchNorm
+    shifts and the whitening bias, where bias_lr_scale sets them apart)."""
+    names = {"weights": "lr", "filters": "muon_lr", "norm": "bias_lr", "whiten_bias": "bias_lr"}
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = names.get(group.get("name"), group.get("name") or "lr")
+        rates.setdefault(key, float(group["lr"]))
+    if rates.get("bias_lr") == rates.get("lr"):
+        rates.pop("bias_lr", None)
+    order = ["lr", "muon_lr", "bias_lr"]
+    return dict(sorted(rates.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 3))
+
+
+class EpochRates(Callback):
+    """Adds to an epoch's metrics the rates its optimizer groups stepped with last (`step_lr`,
+    `muon_lr`, `bias_lr`: see optimizer_rates) and the training throughput (`images_per_s`)."""
+
+    def on_epoch_metrics(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None:
+        rates = optimizer_rates(run.optimizer)
+        metrics["step_lr"] = rates.pop("lr", None)
+        metrics.update(rates)
+        if metrics.get("train_s"):
+            metrics["images_per_s"] = round(len(run.train_y) / metrics["train_s"], 1)
+
+
 class MetricsTable(Callback):
     """RUN/metrics.jsonl, one line per epoch, and the per-epoch table on the console."""
 
@@ -136,14 +201,19 @@ class MetricsTable(Callback):
 
 def default_callbacks(run: Run, out: Path, stream) -> list[Callback]:
     """The plug-ins the config asks for that live in train/: sanity check, checkpoints inside
-    the epoch, the progress bar, the metrics log (the last two on the main rank)."""
+    the epoch, the progress bar (a terminal) or step lines (no terminal), the optimizer's rates
+    and images/s in each epoch's metrics, the metrics log (bar, lines and log on the main rank)."""
     c, main = run.config, run.world.is_main
     callbacks: list[Callback] = []
     if c.sanity_check:
         callbacks.append(SanityCheck())
     if c.checkpoint_every_steps:
         callbacks.append(CheckpointEverySteps(c.checkpoint_every_steps))
-    callbacks.append(ProgressBar(main and not c.quiet and sys.stderr.isatty()))
+    terminal = sys.stderr.isatty()
+    callbacks.append(ProgressBar(main and not c.quiet and terminal))
+    if main and not c.quiet and not terminal and c.log_every_steps:
+        callbacks.append(StepLog(c.log_every_steps))
+    callbacks.append(EpochRates())
     if main:
         callbacks.append(MetricsTable(out / "metrics.jsonl", c.quiet, stream))
     return callbacks

@@ -29,6 +29,8 @@ RESUMABLE_CHANGES = {
     "on_nonfinite",
     "eval_batch_size",
     "dist_timeout_s",
+    "workers",
+    "log_every_steps",
 }
 
 
@@ -86,16 +88,29 @@ def config_differences(
 def check_resumable(state: dict[str, Any], config, world_size: int) -> None:
     """A checkpoint resumes only under its own config (RESUMABLE_CHANGES aside), and one written
     inside an epoch only at its own world size."""
-    # Keys added since the checkpoint was written count as their defaults.
-    saved = {**type(config)().to_dict(), **state["config"]}
-    differs = config_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
-    if differs:
-        raise CheckpointError(
-            f"the checkpoint belongs to another config ({'; '.join(differs)}); resume "
-            "with its own config: `dawntrain train --resume RUN` and no other config option"
-        )
+    check_same_config(state, config)
     if state["step_in_epoch"] and state.get("world_size", 1) != world_size:
         raise CheckpointError(
             f"this checkpoint is from inside an epoch at world size {state.get('world_size', 1)}; "
             f"resume it with that many processes, or from an epoch checkpoint at any size"
         )
+
+
+def check_same_config(state: dict[str, Any], config) -> None:
+    """The config half of check_resumable, which needs no world: the CLI calls it before any
+    data loads. A checkpoint of another preset is named as such first."""
+    # Keys added since the checkpoint was written count as their defaults.
+    saved = {**type(config)().to_dict(), **state["config"]}
+    differs = config_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    if not differs:
+        return
+    if saved.get("preset") != config.preset:
+        raise CheckpointError(
+            f"the checkpoint is a {saved.get('preset')!r} run, not {config.preset!r} "
+            f"({len(differs)} config keys differ); resume it with its own config: "
+            "`dawntrain train --resume RUN` and no --preset or other config option"
+        )
+    raise CheckpointError(
+        f"the checkpoint belongs to another config ({'; '.join(differs)}); resume "
+        "with its own config: `dawntrain train --resume RUN` and no other config option"
+    )

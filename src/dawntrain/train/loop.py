@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import dawntrain
-from dawntrain.config import Config
+from dawntrain.config import Config, checkpoint_file_name
 from dawntrain.engine.build import Run, build, run_data
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import DawntrainError
@@ -29,6 +29,7 @@ from dawntrain.runtime.device import describe, synchronize
 from dawntrain.runtime.malloc import freed_memory_kept
 from dawntrain.train import checkpoint, lock, signals
 from dawntrain.train.callbacks import Callback, Callbacks, LoopState, default_callbacks
+from dawntrain.train.log import ConsoleLog
 
 
 class NonFiniteLoss(DawntrainError):
@@ -73,6 +74,8 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     cleanup.enter_context(freed_memory_kept(config.keep_freed_memory, world.device.type == "cpu"))
     out = Path(config.out) if config.out else default_out(config)
     out = Path(distributed.broadcast_object(str(out)))  # one timestamped name for every rank
+    if world.is_main:  # what the console shows, kept in RUN/console.log too (appended)
+        stream = cleanup.enter_context(contextlib.closing(ConsoleLog(stream, out / "console.log")))
     cleanup.enter_context(lock.run_lock(out, world))  # one run at a time writes `out`
     dataset = run_data(config, dataset)
     data_s = time.perf_counter() - t_start
@@ -116,7 +119,7 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
         state.history.append(metrics)
         callbacks("on_epoch_end", run, state, metrics)
         state.epoch, state.step, state.stats = epoch + 1, 0, None
-        save(run, state, name=config.checkpoint_name.format(epoch=epoch + 1))
+        save(run, state, name=checkpoint_file_name(config.checkpoint_name, metrics))
         if stop.should_stop(True) and epoch + 1 < config.epochs:
             raise stop.interrupted(out, epoch + 1, 0, run.steps)
     stop.restore()
