@@ -52,10 +52,11 @@ def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
 
 def _resumed_run(args: argparse.Namespace) -> tuple[dict | None, str | None]:
     """`--resume RUN` without --preset: (the config RUN's checkpoint was trained with, RUN),
-    so that the resume command needs no other option."""
+    so that the resume command needs no other option. `--resume auto` repeats the first start's
+    command, so its config resolves from that command as the first start's did."""
     from dawntrain.train import checkpoint
 
-    if not args.resume or args.preset is not None:
+    if not args.resume or args.resume == "auto" or args.preset is not None:
         return None, None
     if args.resume == "last" and not args.out:
         raise ConfigError("--resume last needs --out RUN (or name the run: --resume RUN)")
@@ -79,11 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         resize=True if args.resize else None,
         checkpoint_every_steps=args.checkpoint_every_steps,
         on_nonfinite=args.on_nonfinite,
+        auto_resume=True if args.resume == "auto" else None,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
-    fit(cfg, resume=args.resume, callbacks=for_config(cfg))
+    # `auto` travels as config.auto_resume, like the config-file route (auto_resume = true).
+    fit(cfg, resume=None if args.resume == "auto" else args.resume, callbacks=for_config(cfg))
     return 0
 
 
@@ -329,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         nargs="?",
         const="last",
-        metavar="PATH|last",
-        help="continue a run from a checkpoint, a run directory, or `last` in --out",
+        metavar="PATH|last|auto",
+        help="continue a run from a checkpoint, a run directory, or `last` in --out; `auto`: "
+        "from --out's last checkpoint if there is one, else start fresh (the same command for "
+        "the first start and every restart under torchrun --max-restarts or Slurm --requeue)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
