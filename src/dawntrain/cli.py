@@ -122,7 +122,7 @@ def _resume_target(args: argparse.Namespace) -> tuple[Path, dict, Path] | None:
     """(checkpoint, its contents, its run directory) of --resume, found before any data loads."""
     from dawntrain.train import checkpoint
 
-    if not args.resume:
+    if not args.resume or args.resume == "auto":  # auto: fit() looks in --out itself
         return None
     if args.resume == "last" and not args.out:
         runs = runs_with_checkpoints()
@@ -156,12 +156,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         on_nonfinite=args.on_nonfinite,
         tta_level=args.tta,
         tensorboard=True if args.tensorboard else None,
+        auto_resume=True if args.resume == "auto" else None,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
     if target is not None:
         checkpoint.check_same_config(target[1], cfg)  # before the data loads
+    # `auto` travels as config.auto_resume, like the config-file route (auto_resume = true).
     fit(cfg, resume=str(target[0]) if target else None, callbacks=for_config(cfg))
     return 0
 
@@ -446,8 +448,10 @@ def _train_parser(sub) -> None:
         "--resume",
         nargs="?",
         const="last",
-        metavar="PATH|last",
-        help="continue a run from a checkpoint, a run directory, or `last` in --out",
+        metavar="PATH|last|auto",
+        help="continue a run from a checkpoint, a run directory, or `last` in --out; `auto`: "
+        "from --out's last checkpoint if there is one, else start fresh (the same command for "
+        "the first start and every restart under torchrun --max-restarts or Slurm --requeue)",
     )
     p.add_argument(
         "--tta",

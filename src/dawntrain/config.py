@@ -96,6 +96,12 @@ class Config:
     # Fields: epoch and the epoch's metrics (CHECKPOINT_NAME_FIELDS), e.g. "ep{epoch}-{val_acc:.3f}.pt".
     checkpoint_name: str = "epoch_{epoch:02d}.pt"
     checkpoint_every_steps: int = 0
+    # Continue from out's last checkpoint when there is one, else start fresh: one command for
+    # the first start and every restart (torchrun --max-restarts, Slurm --requeue); needs `out`.
+    auto_resume: bool = False
+    # Under torchrun the ranks agree on a stop signal (SIGTERM) at least this often, in seconds
+    # of training; 0: after every step (a host sync each). docs/distributed.md sizes it.
+    stop_check_s: float = 5.0
     sanity_check: bool = True  # evaluate the untrained model first: accuracy should be chance
     on_nonfinite: str = "stop"  # stop | skip-step
     quiet: bool = False
@@ -277,6 +283,7 @@ def validate(config: Config) -> Config:
         (config.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0"),
         (config.workers >= 0, "workers must be >= 0 (0: the reader's default)"),
         (config.log_every_steps >= -1, "log_every_steps must be >= -1 (-1: ~10 lines an epoch)"),
+        (config.stop_check_s >= 0, "stop_check_s must be >= 0 (0: agree after every step)"),
     ]
     for ok, message in checks:
         if not ok:

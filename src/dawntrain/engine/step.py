@@ -53,9 +53,10 @@ def train_step(
 
 @dataclass
 class StepStats:
-    """An epoch's sums so far, one float64 device tensor with named slots (a checkpoint stores
-    the tensor as `partial`): the loss and correct count of finite steps, their examples, the
-    number of non-finite steps and the global index of the first one (-1: none)."""
+    """An epoch's sums so far, one float64 device tensor with named slots: the loss and correct
+    count of finite steps, their examples, the number of non-finite steps and the global index
+    of the first one (-1: none). A checkpoint inside an epoch stores the sums over all ranks as
+    `partial` and, under torchrun, each rank's own as the rows of `partial_ranks`."""
 
     sums: torch.Tensor
 
@@ -66,10 +67,29 @@ class StepStats:
         return cls(torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64))
 
     @classmethod
-    def from_checkpoint(cls, partial: torch.Tensor, device: torch.device) -> StepStats:
+    def from_checkpoint(
+        cls, partial: torch.Tensor, device: torch.device, counted: bool = True
+    ) -> StepStats:
+        """Resume from a checkpoint's sums. A rank resuming its own sums (same world size), or
+        rank 0 resuming the global ones, counts them (`counted`); the other ranks resuming global
+        sums take only the max-reduced slots (non-finite count, first index: the epoch's
+        all_reduce leaves them as they are) and zero loss, correct and examples, so that the
+        all_reduce adds those once."""
         if len(partial) == 4:  # written before the non-finite count existed
             partial = torch.cat([partial[:3], partial.new_zeros(1), partial[3:]])
-        return cls(partial.to(device))
+        sums = partial.to(device=device, dtype=torch.float64).clone()
+        if not counted:
+            sums[: cls.NONFINITE] = 0.0
+        return cls(sums)
+
+    def gathered(self) -> torch.Tensor:
+        """Every rank's sums, one row per rank (a collective: call it on every rank)."""
+        return distributed.all_gather(self.sums)
+
+    @classmethod
+    def combine(cls, rows: torch.Tensor) -> StepStats:
+        """The global sums of gathered rows, reduced as `all_reduce` reduces them."""
+        return cls(torch.cat([rows[:, :3].sum(0), rows[:, 3:].amax(0)]))
 
     @torch.no_grad()
     def add(

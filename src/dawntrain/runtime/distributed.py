@@ -7,6 +7,7 @@ here touches torch.distributed. NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -44,11 +45,32 @@ class RankLost(DawntrainError):
     """Another rank died or stopped answering."""
 
 
+class SharedStoreWarning(UserWarning):
+    """torchrun restarts workers while sharing its rendezvous store with them."""
+
+
+def shared_store_restarts() -> bool:
+    """torchrun with --max-restarts > 0 that shares its rendezvous TCPStore with the workers
+    (torch's default since 2.5): the restarted group can read the previous group's addresses
+    from that store and fail to connect (pytorch/pytorch#135712)."""
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return shared and restarts.isdigit() and int(restarts) > 0
+
+
 def setup(device: str = "auto", timeout_s: float = 300.0) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World(device=resolve_device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if rank == 0 and shared_store_restarts():
+        warnings.warn(
+            "torchrun --max-restarts shares its rendezvous store with the workers, and a "
+            "restarted group can then fail to connect (pytorch/pytorch#135712); start torchrun "
+            "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/distributed.md)",
+            SharedStoreWarning,
+            stacklevel=2,
+        )
     dev = resolve_device(device)
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -76,6 +98,15 @@ def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor`, stacked in rank order (one process: `tensor[None]`)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor[None].clone()
+    rows = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, tensor.contiguous())
+    return torch.stack(rows)
 
 
 def barrier() -> None:

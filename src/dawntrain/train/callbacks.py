@@ -39,6 +39,8 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: StepStats | None = None
     resumed: bool = False
+    # Each resume of this run: checkpoint, epoch, step, world sizes, launcher restart count.
+    resumes: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_due: bool = False
 
 

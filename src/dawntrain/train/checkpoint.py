@@ -31,6 +31,8 @@ RESUMABLE_CHANGES = {
     "dist_timeout_s",
     "workers",
     "log_every_steps",
+    "auto_resume",
+    "stop_check_s",
 }
 
 
@@ -60,6 +62,12 @@ def prune(directory: Path, pattern: str, keep: int) -> None:
             old.unlink()
 
 
+def find_last(out_dir: Path) -> Path | None:
+    """RUN/checkpoints/last.pt when it exists: what automatic resume continues from."""
+    path = Path(out_dir) / "checkpoints" / "last.pt"
+    return path if path.is_file() else None
+
+
 def resolve_resume(spec: str, out_dir: Path) -> Path:
     """`last`, a run directory or a checkpoint file → the checkpoint to load."""
     path = Path(out_dir) / "checkpoints" / "last.pt" if spec == "last" else Path(spec)
@@ -86,13 +94,17 @@ def config_differences(
 
 
 def check_resumable(state: dict[str, Any], config, world_size: int) -> None:
-    """A checkpoint resumes only under its own config (RESUMABLE_CHANGES aside), and one written
-    inside an epoch only at its own world size."""
+    """A checkpoint resumes only under its own config (RESUMABLE_CHANGES aside). One written
+    inside an epoch resumes at any world size when the global batch stays the same (the rest of
+    the epoch's global batches are split over the new ranks); with batch_scope = "per_rank" the
+    global batch depends on the world size, so then only at its own."""
     check_same_config(state, config)
-    if state["step_in_epoch"] and state.get("world_size", 1) != world_size:
+    saved_size = state.get("world_size", 1)
+    if state["step_in_epoch"] and saved_size != world_size and config.batch_scope == "per_rank":
         raise CheckpointError(
-            f"this checkpoint is from inside an epoch at world size {state.get('world_size', 1)}; "
-            f"resume it with that many processes, or from an epoch checkpoint at any size"
+            f"this checkpoint is from inside an epoch at world size {saved_size} with "
+            f"batch_scope = per_rank, whose global batch changes with the world size; resume it "
+            f"with {saved_size} processes, or from an epoch checkpoint at any size"
         )
 
 

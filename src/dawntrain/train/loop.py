@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -22,7 +23,7 @@ import dawntrain
 from dawntrain.config import Config, checkpoint_file_name
 from dawntrain.engine.build import Run, build, run_data
 from dawntrain.engine.step import StepStats
-from dawntrain.errors import DawntrainError
+from dawntrain.errors import ConfigError, DawntrainError
 from dawntrain.files import atomic_write
 from dawntrain.runtime import distributed
 from dawntrain.runtime.device import describe, synchronize
@@ -45,9 +46,21 @@ def fit(
 ) -> dict[str, Any]:
     """Train as `config` says, writing the run directory; returns the final metrics.
 
-    `callbacks` run after the built-in ones (sanity check, checkpoints, progress, metrics log);
-    the CLI adds dawntrain.analysis.callbacks.for_config(config) (probe, TensorBoard, report).
-    Under torchrun every rank calls this; rank 0 alone prints and writes files."""
+    `resume`: a checkpoint, a run directory, `last` (config.out's last.pt) or `auto`, which
+    continues from config.out's last checkpoint when there is one and starts fresh when there is
+    none, so that one command serves the first start and every restart (config.auto_resume does
+    the same). `callbacks` run after the built-in ones (sanity check, checkpoints, progress,
+    metrics log); the CLI adds dawntrain.analysis.callbacks.for_config(config) (probe,
+    TensorBoard, report). Under torchrun every rank calls this; rank 0 alone prints and writes
+    files."""
+    if resume is None and config.auto_resume:
+        resume = "auto"
+    if resume == "auto" and not config.out:
+        raise ConfigError(
+            "automatic resume (--resume auto, auto_resume = true) needs a fixed run directory: "
+            "pass --out RUN (or set out in the config); without it every start would write a "
+            "new runs/<preset>-<timestamp> and never find the last checkpoint"
+        )
     world = distributed.setup(config.device, config.dist_timeout_s)
     try:
         # `cleanup` releases the run lock and restores signal handlers however training ends.
@@ -82,7 +95,16 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
 
     run = build(config, dataset, world)
     state = LoopState(out=out, say=say, dataset=dataset)
-    if resume:
+    if resume == "auto":
+        # Rank 0 looks, so that every rank takes the same decision even on a lagging filesystem.
+        found = checkpoint.find_last(out) if world.is_main else None
+        found = distributed.broadcast_object(None if found is None else str(found))
+        restart = restart_count()
+        if found is None:
+            say(f"auto resume: {restart_line(restart)}no checkpoint in {out}, starting fresh")
+        else:
+            resume_into(run, state, Path(found), restart)
+    elif resume:
         resume_into(run, state, checkpoint.resolve_resume(resume, out))
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +117,8 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     say(describe_run(run, env))
     callbacks("on_fit_start", run, state)
 
-    stop = cleanup.enter_context(signals.StopSignals(world))  # Ctrl-C: finish the step, save, exit
+    # Ctrl-C, SIGTERM: finish the step, save, exit (ranks agree within config.stop_check_s).
+    stop = cleanup.enter_context(signals.StopSignals(world, config.stop_check_s))
     t_run = time.perf_counter()
     for epoch in range(state.epoch, config.epochs):
         t0 = time.perf_counter()
@@ -106,10 +129,8 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
             run.step(state.stats, x, y, epoch, state.step)
             state.step += 1
             callbacks("on_step_end", run, state)
-            stopping = stop.should_stop(state.checkpoint_due)
+            stopping = stop.after_step(state.checkpoint_due)
             if (state.checkpoint_due or stopping) and state.step < run.steps:
-                if config.on_nonfinite == "stop":
-                    check_finite(state.stats, run.steps)
                 save(run, state, partial=True)
                 if stopping:
                     raise stop.interrupted(out, epoch, state.step, run.steps)
@@ -133,6 +154,7 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
         "train_images": len(run.train_y),
         "epochs": config.epochs,
         "environment": env,
+        "resumes": state.resumes,
     }
     if world.is_main:
         write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -141,23 +163,80 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     return {**final, "out": str(out)}
 
 
-def resume_into(run: Run, state: LoopState, path: Path) -> None:
-    """Load a checkpoint of the same config into the run and the loop's state."""
+def resume_into(run: Run, state: LoopState, path: Path, restart: int | None = None) -> None:
+    """Load a checkpoint of the same config into the run and the loop's state. A checkpoint from
+    inside an epoch resumes at any world size: the rest of the epoch's order is split over the
+    ranks there are now; `restart` (auto resume): the launcher's restart count, if any."""
     saved = checkpoint.load(path, map_location=run.device)
-    checkpoint.check_resumable(saved, run.config, run.world.size)
+    world = run.world
+    checkpoint.check_resumable(saved, run.config, world.size)
     run.load_state_dict(saved)
     state.epoch, state.step = saved["epoch"], saved["step_in_epoch"]
     state.elapsed_s, state.history = saved["elapsed_s"], json.loads(saved["history"])
-    partial = saved.get("partial") if run.world.size == 1 else None
-    if partial is not None:
-        state.stats = StepStats.from_checkpoint(partial, run.device)
+    state.resumes = json.loads(saved.get("resumes", "[]"))
+    saved_size = saved.get("world_size", 1)
+    if state.step:
+        state.stats = resumed_stats(saved, world, run.device)
     state.resumed = True
-    state.say(f"resuming from epoch {state.epoch} step {state.step} of {state.out}")
+    where = f"epoch {state.epoch} step {state.step}" if state.step else f"epoch {state.epoch}"
+    sizes = f"written by {saved_size} rank(s), now {world.size}"
+    if restart is None:
+        state.say(f"resuming from {where} of {state.out} ({sizes})")
+    else:
+        state.say(f"auto resume: {restart_line(restart)}resuming from {path}, {where} ({sizes})")
+    state.resumes.append(
+        {
+            "checkpoint": str(path),
+            "epoch": state.epoch,
+            "step_in_epoch": state.step,
+            "world_size_saved": saved_size,
+            "world_size": world.size,
+            "restart_count": restart,
+        }
+    )
+
+
+def resumed_stats(saved: dict[str, Any], world: distributed.World, device) -> StepStats:
+    """The interrupted epoch's sums so far, for this rank: its own at the world size that wrote
+    them (so the epoch's metrics come out bitwise the same), else the global sums on rank 0 and
+    none on the others, so that the epoch's all_reduce still counts each step once. Checkpoints
+    written before the global sums were gathered hold them only at one process."""
+    rows = saved.get("partial_ranks")
+    if rows is not None and len(rows) == world.size:
+        return StepStats.from_checkpoint(rows[world.rank], device)
+    partial = saved.get("partial")
+    if partial is None:
+        return StepStats.zeros(device)
+    return StepStats.from_checkpoint(partial, device, counted=world.is_main)
+
+
+def restart_count() -> int | None:
+    """How many times the launcher restarted this job: torchrun's TORCHELASTIC_RESTART_COUNT,
+    else Slurm's SLURM_RESTART_COUNT (requeues); None when started by neither."""
+    for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def restart_line(restart: int | None) -> str:
+    return "" if restart is None else f"restart {restart}, "
 
 
 def save(run: Run, state: LoopState, partial: bool = False, name: str | None = None) -> None:
     """RUN/checkpoints/last.pt (and `name`, pruned to the newest keep_checkpoints) on the main
-    rank; inside an epoch (`partial`) with the epoch's sums so far, at one process."""
+    rank; inside an epoch (`partial`) with the epoch's sums so far, over all ranks and per rank.
+    Every rank calls this: the sums are gathered, and a barrier follows the write."""
+    blob_partial = {}
+    if partial:
+        rows = state.stats.gathered()
+        total = StepStats.combine(rows)
+        if run.config.on_nonfinite == "stop":
+            check_finite(total, run.steps)  # on every rank alike: all of them stop
+        blob_partial["partial"] = total.sums.detach().cpu()
+        if run.world.active:
+            blob_partial["partial_ranks"] = rows.detach().cpu()
     if run.world.is_main:
         blob = {
             **run.state_dict(),
@@ -166,9 +245,9 @@ def save(run: Run, state: LoopState, partial: bool = False, name: str | None = N
             "world_size": run.world.size,
             "elapsed_s": state.elapsed_s,
             "history": json.dumps(state.history),
+            "resumes": json.dumps(state.resumes),
+            **blob_partial,
         }
-        if partial and run.world.size == 1:
-            blob["partial"] = state.stats.sums.detach().cpu()
         directory = state.out / "checkpoints"
         checkpoint.save(directory / "last.pt", blob)
         if name:
