@@ -95,17 +95,7 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
 
     run = build(config, dataset, world)
     state = LoopState(out=out, say=say, dataset=dataset)
-    if resume == "auto":
-        # Rank 0 looks, so that every rank takes the same decision even on a lagging filesystem.
-        found = checkpoint.find_last(out) if world.is_main else None
-        found = distributed.broadcast_object(None if found is None else str(found))
-        restart = restart_count()
-        if found is None:
-            say(f"auto resume: {restart_line(restart)}no checkpoint in {out}, starting fresh")
-        else:
-            resume_into(run, state, Path(found), restart)
-    elif resume:
-        resume_into(run, state, checkpoint.resolve_resume(resume, out))
+    start_from(run, state, resume)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.toml", config.to_toml())
@@ -161,6 +151,24 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     callbacks("on_fit_end", run, state, summary)
     say(f"run written to {out}")
     return {**final, "out": str(out)}
+
+
+def start_from(run: Run, state: LoopState, resume: str | None) -> None:
+    """Fresh, or from the checkpoint `resume` names; `auto`: the run directory's last one if
+    there is one, else fresh."""
+    if resume == "auto":
+        # Rank 0 looks, so that every rank takes the same decision even on a lagging filesystem.
+        found = checkpoint.find_last(state.out) if run.world.is_main else None
+        found = distributed.broadcast_object(None if found is None else str(found))
+        restart = restart_count()
+        if found is None:
+            state.say(
+                f"auto resume: {restart_line(restart)}no checkpoint in {state.out}, starting fresh"
+            )
+        else:
+            resume_into(run, state, Path(found), restart)
+    elif resume:
+        resume_into(run, state, checkpoint.resolve_resume(resume, state.out))
 
 
 def resume_into(run: Run, state: LoopState, path: Path, restart: int | None = None) -> None:
