@@ -66,21 +66,50 @@ def cases(work: Path) -> dict[str, list[list[str]]]:
         ],
         "fast-w16-sample-2ep-b256-tta": [
             [
-                "train", "--preset", "fast", "--data", "sample", "--set", "width=16",
-                "--epochs", "2", "--batch-size", "256", *QUIET, *run("fast"),
+                "train",
+                "--preset",
+                "fast",
+                "--data",
+                "sample",
+                "--set",
+                "width=16",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "256",
+                *QUIET,
+                *run("fast"),
             ],
         ],
         "tiny-imagenet-resnet-w8-folder64-2ep": [
             [
-                "train", "--preset", "tiny-imagenet-resnet", "--data", folder64,
-                "--set", "width=8", "--set", "val_from_train=6", "--epochs", "2",
-                "--batch-size", "14", "--set", "lr_milestones=[1]", *QUIET, *run("resnet"),
+                "train",
+                "--preset",
+                "tiny-imagenet-resnet",
+                "--data",
+                folder64,
+                "--set",
+                "width=8",
+                "--set",
+                "val_from_train=6",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "14",
+                "--set",
+                "lr_milestones=[1]",
+                *QUIET,
+                *run("resnet"),
             ],
         ],
         # Epoch 1's checkpoint of a 2-epoch run, resumed in a new directory.
         "davidnet-w16-sample-resumed-at-epoch-1": [
             ["train", *davidnet, "--epochs", "2", *run("full")],
-            ["copy", str(work / "full/checkpoints/epoch_01.pt"), str(work / "part/checkpoints/last.pt")],
+            [
+                "copy",
+                str(work / "full/checkpoints/epoch_01.pt"),
+                str(work / "part/checkpoints/last.pt"),
+            ],
             ["train", *davidnet, "--epochs", "2", *run("part"), "--resume", "last"],
         ],
         "davidnet-w16-sample-1ep-2-ranks-gloo": [
@@ -175,7 +204,9 @@ def run_cases(names: list[str] | None = None) -> dict[str, dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--record", action="store_true", help=f"write this machine's results to {GOLDEN}")
+    parser.add_argument(
+        "--record", action="store_true", help=f"write this machine's results to {GOLDEN}"
+    )
     parser.add_argument("cases", nargs="*", help="case names (default: all)")
     args = parser.parse_args()
     results = run_cases(args.cases or None)
