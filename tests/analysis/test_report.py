@@ -19,6 +19,7 @@ from dawntrain.cli import main
 from dawntrain.config import resolve
 from dawntrain.errors import ConfigError
 from dawntrain.train import fit
+from synthetic import tiny_dataset
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
@@ -28,18 +29,7 @@ CHROMIUM = shutil.which("chromium") or (
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 48)
-    images = (rng.integers(0, 120, (48, 12, 12, 3)) + labels[:, None, None, None] * 60).astype(
-        np.uint8
-    )
-    data = SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:20],
-        test_labels=labels[:20],
-        class_names=["ant", "bee", "cat"],
-    )
+    data = tiny_dataset(48, 3, 12, n_test=20, noise=120, step=60, class_names=["ant", "bee", "cat"])
     sets = ["width=4", "epochs=2", "batch_size=16", "image_size=12", "dropout=0.0"]
     sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
     fit(dataclasses.replace(resolve("davidnet", sets=sets), out=str(out)), dataset=data)

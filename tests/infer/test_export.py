@@ -14,6 +14,7 @@ from dawntrain.infer.export import export
 from dawntrain.infer.model import load_model
 from dawntrain.models import build_model
 from dawntrain.train import fit
+from synthetic import tiny_dataset
 
 has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
 
@@ -21,16 +22,8 @@ has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 48)
-    images = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
-    data = SimpleNamespace(
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:16],
-        test_labels=labels[:16],
-        class_names=["ant", "bee", "cat"],
-    )
+    data = tiny_dataset(48, 3, 16, n_test=16, noise=256, step=0, class_names=["ant", "bee", "cat"])
+    images = data.train_images
     sets = ["width=4", "epochs=1", "batch_size=16", "image_size=16", "dropout=0.0"]
     sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
     fit(resolve("davidnet", sets=sets, overrides={"out": str(out)}), dataset=data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from dawntrain.data.codec.example import (
     serialize_tensor,
 )
 from dawntrain.errors import RecordError
-
-FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
+from shared_data import TFRECORD_FIXTURES as FIXTURES
+from shared_data import needs
 
 
 # A minimal protobuf wire encoder, independent of the module under test.
@@ -225,7 +224,7 @@ def test_dtype_mismatch_is_a_record_error():
         parse_tensor(serialize_tensor(np.zeros(2, np.float32)), np.uint8)
 
 
-@pytest.mark.skipif(not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}")
+@needs(FIXTURES)
 def test_tensorflow_written_examples_re_encode_byte_for_byte():
     from dawntrain.data.codec.tfrecord import read_records
 

@@ -9,7 +9,6 @@ import os
 import re
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,11 +21,10 @@ from dawntrain.data.codec.tfrecord import (
     write_records,
 )
 from dawntrain.errors import RecordError
+from shared_data import TFRECORD_FIXTURES as FIXTURES
+from shared_data import needs
 
-FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}"
-)
+needs_fixtures = needs(FIXTURES)
 SUFFIX = {"none": ".tfrecord", "gzip": ".tfrecord.gz", "zlib": ".tfrecord.zz"}
 
 

@@ -20,8 +20,8 @@ from dawntrain.data.images import ConvertedToRGBWarning
 from dawntrain.data.readers import folder
 from dawntrain.data.readers.folder import iter_encoded_images
 from dawntrain.errors import DataError
-
-SHARED_JPEG = Path(__file__).resolve().parents[4] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from shared_data import CIFAR10_JPEG as SHARED_JPEG
+from shared_data import needs
 
 
 @pytest.fixture(autouse=True)
@@ -247,7 +247,7 @@ def test_shipped_sample():
 
 @pytest.mark.data
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_JPEG.exists(), reason=f"{SHARED_JPEG} not present")
+@needs(SHARED_JPEG)
 def test_full_cifar10_jpeg_tarball():
     data = load(SHARED_JPEG, progress=False)
     assert data.train_images.shape == (50000, 32, 32, 3)

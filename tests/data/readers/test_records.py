@@ -31,11 +31,10 @@ from dawntrain.data.readers.records import (
 )
 from dawntrain.data.readers.stream import RecordStream
 from dawntrain.errors import DataError, RecordError
+from shared_data import TFRECORD_FIXTURES as FIXTURES
+from shared_data import needs
 
-FIXTURES = Path(__file__).parents[3].parent / "shared" / "fixtures" / "tfrecord"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.exists(), reason=f"TFRecord fixtures not found at {FIXTURES}"
-)
+needs_fixtures = needs(FIXTURES)
 
 
 def small_images(n: int, size: int = 6, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,9 @@ from dawntrain.data import images as images_module
 from dawntrain.data import load
 from dawntrain.data.readers.tiny_imagenet import list_tiny_imagenet
 from dawntrain.errors import DataError
+from shared_data import TINY_IMAGENET_SUBSET as SUBSET
+from shared_data import needs
 
-SUBSET = Path(__file__).resolve().parents[4] / "shared/data/tiny-imagenet-200-subset20.tar.gz"
 # Deliberately not sorted: labels must follow wnids.txt, not the alphabet.
 WNIDS = ["n09999999", "n01000001", "n05555555", "n02222222"]
 
@@ -253,7 +254,7 @@ def test_training_data_is_train_and_val_as_the_test_set(fake, tmp_path, monkeypa
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not SUBSET.exists(), reason=f"{SUBSET} not present")
+@needs(SUBSET)
 def test_real_subset():
     d = _load(SUBSET)
     assert len(d.class_names) == 20 and d.class_names[0] == "n02124075"
