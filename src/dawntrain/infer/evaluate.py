@@ -9,7 +9,7 @@ import numpy as np
 
 from dawntrain.engine.build import run_data
 from dawntrain.errors import DataError
-from dawntrain.infer.model import load_model
+from dawntrain.infer.model import class_list, load_model
 
 
 def evaluate_checkpoint(
@@ -40,11 +40,8 @@ def evaluate_checkpoint(
     shared = None
     if data_classes != own:
         if not shared_classes:
-            raise DataError(
-                f"{path} was trained on {len(own)} classes ({_names(own)}), the data has "
-                f"{len(data_classes)} ({_names(data_classes)}); evaluate on data with the "
-                "checkpoint's classes, or pass --shared-classes to use the classes both have"
-            )
+            hint = ", or pass --shared-classes to use the classes both have"
+            trained.check_classes(data_classes, "the data", hint)
         images, labels, shared = _on_shared_classes(images, labels, data_classes, own)
     level = config.tta_level if tta_level is None else tta_level
     result = trained.evaluate(images, labels, batch_size=batch_size)
@@ -59,10 +56,6 @@ def evaluate_checkpoint(
     return out
 
 
-def _names(classes: list[str], shown: int = 5) -> str:
-    return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
-
-
 def _on_shared_classes(images, labels, data_classes: list[str], own: list[str]):
     """(images, labels in the checkpoint's indices, shared class names) of the test images
     whose class the checkpoint knows."""
@@ -70,12 +63,12 @@ def _on_shared_classes(images, labels, data_classes: list[str], own: list[str]):
     shared = [name for name in data_classes if name in index]
     if not shared:
         raise DataError(
-            f"the data's classes ({_names(data_classes)}) and the checkpoint's ({_names(own)}) "
+            f"the data's classes ({class_list(data_classes)}) and the checkpoint's ({class_list(own)}) "
             "have none in common"
         )
     to_own = np.array([index.get(name, -1) for name in data_classes])
     mapped = to_own[np.asarray(labels)]
     keep = mapped >= 0
     if not keep.any():
-        raise DataError(f"the test set has no images of the shared classes ({_names(shared)})")
+        raise DataError(f"the test set has no images of the shared classes ({class_list(shared)})")
     return images[keep], mapped[keep], shared

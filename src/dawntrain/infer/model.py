@@ -15,6 +15,7 @@ from dawntrain.config import Config, apply
 from dawntrain.data.batches import Normalizer
 from dawntrain.engine.build import model_on_device
 from dawntrain.engine.evaluate import evaluate
+from dawntrain.errors import DataError
 from dawntrain.models import input_size as model_input_size
 from dawntrain.runtime.device import resolve_device, resolve_precision
 from dawntrain.train import checkpoint
@@ -29,6 +30,7 @@ class TrainedModel:
     normalizer: Normalizer
     state: dict[str, Any]  # the raw checkpoint
     precision: str
+    path: Path
 
     @property
     def device(self) -> torch.device:
@@ -37,6 +39,16 @@ class TrainedModel:
     @property
     def class_names(self) -> list[str]:
         return list(self.state["class_names"])
+
+    def check_classes(self, classes: list[str], where: str, hint: str = "") -> None:
+        """Refuse data whose class list is not the checkpoint's, naming both lists."""
+        own = self.class_names
+        if list(classes) != own:
+            raise DataError(
+                f"{self.path} was trained on {len(own)} classes ({class_list(own)}), {where} has "
+                f"{len(classes)} ({class_list(list(classes))}); evaluate on data with the "
+                f"checkpoint's classes{hint}"
+            )
 
     def evaluate(
         self,
@@ -65,9 +77,12 @@ def load_model(path: Path, device: str = "auto") -> TrainedModel:
     model = model_on_device(config, len(state["class_names"]), dev)
     model.load_state_dict(state["model"])
     normalizer = Normalizer(**state["normalizer"])
-    return TrainedModel(
-        model.eval(), config, normalizer, state, resolve_precision(config.precision, dev)
-    )
+    precision = resolve_precision(config.precision, dev)
+    return TrainedModel(model.eval(), config, normalizer, state, precision, Path(path))
+
+
+def class_list(classes: list[str], shown: int = 5) -> str:
+    return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
 
 
 def input_size(state: dict[str, Any]) -> tuple[int, int]:

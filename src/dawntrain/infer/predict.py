@@ -169,11 +169,7 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     trained = load_model(ckpt, device)
     config = trained.config
     images, labels, classes, source = _test_set(data, config)
-    if trained.class_names != classes:
-        raise DataError(
-            f"the test set of {source} has classes {classes[:4]}..., the run's model "
-            f"{trained.class_names[:4]}...; pass the data the run trained on"
-        )
+    trained.check_classes(classes, f"the test set of {source}")
     key = ckpt_key + _data_hash(images, labels)
     if (hit := _cached(cache, key)) is not None:
         return hit
