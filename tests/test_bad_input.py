@@ -1,5 +1,6 @@
 """Bad input ends `dawntrain train` with one line on stderr naming the input, and exit status 2."""
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -255,7 +256,8 @@ def test_a_download_with_a_wrong_checksum_is_deleted_retried_once_then_an_error(
 ):
     junk = tmp_path / "fake-cifar.tar.gz"
     junk.write_bytes(b"not the archive")
-    monkeypatch.setattr(cifar, "CIFAR10_URL", junk.as_uri())
+    fake = dataclasses.replace(cifar.ARCHIVE, url=junk.as_uri(), size=None, sha256=None)
+    monkeypatch.setattr(cifar, "ARCHIVE", fake)
     fetches = []
     real_fetch = download_module.fetch
     monkeypatch.setattr(

@@ -48,7 +48,7 @@ def atomic_write(
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -58,13 +58,19 @@ def atomic_write(
                 f"removed and any previous {path.name} is intact; free space and write again"
             ) from e
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; not possible everywhere
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    return path
+
+
+def replace_durably(src: PathLike, dest: PathLike) -> None:
+    """Rename src over dest (same directory, written and fsynced already) and fsync the
+    directory, so the rename itself survives a crash."""
+    os.replace(src, dest)
+    with contextlib.suppress(OSError):  # not possible everywhere
+        dir_fd = os.open(Path(dest).parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return path
 
 
 def digest(path: PathLike, algorithm: str = "sha256") -> str:

@@ -3,6 +3,7 @@ archive or its extracted folder as a path, and damaged or unsafe batch files."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -100,8 +101,9 @@ def test_cifar10_name_uses_the_cache_dir_copy_else_downloads(tmp_path, data_dir,
     archive = tmp_path / "upstream" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
     expected = make_cifar_archive(archive)
-    monkeypatch.setattr(cifar, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    fake = dataclasses.replace(cifar.ARCHIVE, url=archive.as_uri(), md5=md5, size=None, sha256=None)
+    monkeypatch.setattr(cifar, "ARCHIVE", fake)
     assert_cifar(load("cifar10", progress=False), expected)
     assert (data_dir / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
     archive.unlink()  # now found in the cache dir, no download
@@ -109,7 +111,8 @@ def test_cifar10_name_uses_the_cache_dir_copy_else_downloads(tmp_path, data_dir,
 
 
 def test_cifar10_offline_says_how_to_use_a_local_copy(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(cifar, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    nowhere = (tmp_path / "nowhere.tar.gz").as_uri()
+    monkeypatch.setattr(cifar, "ARCHIVE", dataclasses.replace(cifar.ARCHIVE, url=nowhere))
     with pytest.raises(DataError, match="cannot download") as info:
         load("cifar10", progress=False)
     message = str(info.value)

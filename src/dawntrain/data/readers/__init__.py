@@ -10,6 +10,7 @@
 
 `reader_for` asks them in that order; the first that claims a source reads it. cifar and folder
 also give a source's undecoded contents (`raw`), and tiny_imagenet its listing, for conversion.
+ARCHIVES: the official archive of each built-in name ('cifar10', 'tiny-imagenet').
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from types import ModuleType
 from dawntrain.data.readers import cifar, folder, records, tiny_imagenet
 
 READERS = (records, tiny_imagenet, cifar, folder)
+# The official archives a source name downloads (`dawntrain data download NAME`).
+ARCHIVES = {archive.name: archive for archive in (cifar.ARCHIVE, tiny_imagenet.ARCHIVE)}
 
 
 def reader_for(source: str) -> ModuleType:

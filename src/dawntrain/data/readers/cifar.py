@@ -16,18 +16,25 @@ import numpy as np
 
 from dawntrain.data.cache import default_cache_dir
 from dawntrain.data.dataset import ImageDataset
-from dawntrain.data.download import download
+from dawntrain.data.download import Archive, download_archive
 from dawntrain.data.readers.archive import Files, RawSource, cached_dataset
 from dawntrain.data.readers.options import DEFAULTS, ReadOptions
 from dawntrain.errors import DataError
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+NAME = "cifar10"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+# The md5 is the one published on the CIFAR page; the sha256 is the one Keras and others pin.
+ARCHIVE = Archive(
+    NAME,
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    CIFAR10_ARCHIVE,
+    size=170_498_071,
+    md5="c58f30108f718f92721af3b95e74349a",
+    sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+)
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_FILES = [*CIFAR10_TRAIN_BATCHES, "test_batch", "batches.meta"]
-NAME = "cifar10"
 
 
 def matches(source: str) -> bool:
@@ -40,15 +47,7 @@ def archive_path(cache_dir: Path | None = None, progress: bool = True) -> Path:
     for candidate in (cache_dir / CIFAR10_ARCHIVE, cache_dir / CIFAR10_DIR):
         if candidate.exists():
             return candidate
-    dest = cache_dir / CIFAR10_ARCHIVE
-    try:
-        download(CIFAR10_URL, dest, md5=CIFAR10_MD5, progress=progress)
-    except DataError as e:
-        raise DataError(
-            f"{e}; to use a local copy pass --data PATH/{CIFAR10_ARCHIVE} or put it in "
-            f"{cache_dir} (set DAWNTRAIN_DATA to choose that directory)"
-        ) from None
-    return dest
+    return download_archive(ARCHIVE, cache_dir, progress)
 
 
 def batch_files(path: Path) -> Files:

@@ -29,7 +29,7 @@ import numpy as np
 
 from dawntrain.data.cache import default_cache_dir
 from dawntrain.data.dataset import ImageDataset
-from dawntrain.data.download import download
+from dawntrain.data.download import Archive, download_archive
 from dawntrain.data.images import (
     IMAGE_EXTENSIONS,
     ConvertedToRGBWarning,
@@ -41,9 +41,15 @@ from dawntrain.data.readers.options import DEFAULTS, ReadOptions
 from dawntrain.errors import DataError
 
 NAME = "tiny-imagenet"
-TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-# The official zip: 248,100,043 bytes; this md5 is the one published with the data loaders that use it.
-TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+# The official zip. It has no published sha256: the md5 is the one loaders of it have long
+# pinned, and its size is checked first.
+ARCHIVE = Archive(
+    NAME,
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+    "tiny-imagenet-200.zip",
+    size=248_100_043,
+    md5="90528d7ca1a48142e341f4ef8d21d0de",
+)
 IMAGE_SIZE = 64
 
 Box = tuple[str, int, int, int, int]  # (wnid, x0, y0, x1, y1)
@@ -64,12 +70,9 @@ def source_path(source: str, progress: bool = True, cache_dir: Path | None = Non
     if source != NAME:
         return Path(source)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    local = [cache_dir / "tiny-imagenet-200", cache_dir / "tiny-imagenet-200.zip"]
+    local = [cache_dir / "tiny-imagenet-200", cache_dir / ARCHIVE.filename]
     found = next((p for p in local if p.exists()), None)
-    if found is None:
-        found = cache_dir / "tiny-imagenet-200.zip"
-        download(TINY_IMAGENET_URL, found, md5=TINY_IMAGENET_MD5, progress=progress)
-    return found
+    return found or download_archive(ARCHIVE, cache_dir, progress)
 
 
 def _is_stray(rel: str) -> bool:
