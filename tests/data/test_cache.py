@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from dawntrain.data.cache import CacheRebuiltWarning, cached_arrays
+from dawntrain.data.cache import (
+    CacheRebuiltWarning,
+    cached_arrays,
+    default_cache_dir,
+    entries,
+    remove,
+)
 
 
 class Builder:
@@ -101,3 +109,35 @@ def test_temp_dirs_of_dead_processes_are_removed(tmp_path):
 def test_key_must_be_a_plain_name(tmp_path):
     with pytest.raises(ValueError, match="not a plain file name"):
         cached_arrays("../escape", Builder(), tmp_path)
+
+
+def test_the_data_directory_is_dawntrain_data_else_xdg_cache_home_else_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAWNTRAIN_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "dawntrain"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid by the XDG spec: ignored
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "dawntrain"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "dawntrain"
+    monkeypatch.setenv("DAWNTRAIN_DATA", "~/data")
+    assert default_cache_dir() == tmp_path / "home" / "data"
+
+
+def test_entries_list_what_is_cached_and_remove_deletes_only_those(tmp_path):
+    cached_arrays("old", Builder(), tmp_path, meta={"source": "/data/a.tar.gz"})
+    cached_arrays("new", Builder(), tmp_path, meta={"source": "/data/b"})
+    entry = tmp_path / "arrays" / "old"
+    os.utime(entry / "meta.json", (time.time() - 3 * 86400,) * 2)
+    (tmp_path / "arrays" / "new" / "meta.json").write_text("{garbled")
+    (tmp_path / "arrays" / ".tmp-new-999999999-abc").mkdir()  # a dead process's write
+    found = entries(tmp_path)
+    assert [e.key for e in found] == ["old", "new"]  # oldest first
+    assert [e.source for e in found] == ["/data/a.tar.gz", "?"]
+    assert found[0].path == entry
+    assert found[0].size == sum(f.stat().st_size for f in entry.iterdir())
+    assert 3 * 86400 - 60 < found[0].age() < 3 * 86400 + 60 and found[1].age() < 60
+
+    remove(tmp_path, found[:1])
+    assert sorted(p.name for p in (tmp_path / "arrays").iterdir()) == ["new"]
+    assert entries(tmp_path / "nowhere") == []

@@ -3,6 +3,7 @@
 An entry is `<cache_dir>/arrays/<key>/{name}.npy` plus `meta.json` (array shapes and dtypes,
 and the caller's meta). It is written in a temporary directory and renamed into place, so a
 crash never leaves a half-written entry; an entry that fails to load is rebuilt.
+`entries` lists a cache's entries and `remove` deletes some (`dawntrain data cache`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,15 @@ class CacheRebuiltWarning(UserWarning):
 
 
 def default_cache_dir() -> Path:
-    """$DAWNTRAIN_DATA, else ~/.cache/dawntrain: where archives are looked for and arrays cached."""
+    """Where archives are looked for and downloaded, and arrays cached: $DAWNTRAIN_DATA, else
+    $XDG_CACHE_HOME/dawntrain, else ~/.cache/dawntrain."""
     env = os.environ.get("DAWNTRAIN_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dawntrain"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec: a relative path is invalid and is ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "dawntrain"
 
 
 def _load_entry(entry: Path) -> dict[str, np.ndarray]:
@@ -52,7 +61,8 @@ def _load_entry(entry: Path) -> dict[str, np.ndarray]:
 
 
 def _remove_abandoned(arrays_dir: Path, key: str) -> None:
-    """Delete temporary directories for this key left by processes that no longer run."""
+    """Delete temporary directories for this key ("*": any) left by processes that no longer
+    run."""
     for tmp in arrays_dir.glob(f".tmp-{key}-*"):
         pid = tmp.name.rsplit("-", 2)[-2]
         try:
@@ -117,3 +127,55 @@ def cached_arrays(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load_entry(entry)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached data set, as `dawntrain data cache` lists it."""
+
+    key: str
+    path: Path
+    source: str  # what was decoded ("?" where meta.json is unreadable)
+    size: int  # bytes on disk
+    written: float  # when the entry was written (seconds since the epoch)
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.written
+
+
+def _entry(path: Path) -> CacheEntry:
+    files = [f for f in path.iterdir() if f.is_file()]
+    meta = path / "meta.json"
+    try:
+        source = str(json.loads(meta.read_text())["meta"].get("source", "?"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        source = "?"
+    written = meta.stat().st_mtime if meta.exists() else path.stat().st_mtime
+    return CacheEntry(path.name, path, source, sum(f.stat().st_size for f in files), written)
+
+
+def entries(cache_dir: Path) -> list[CacheEntry]:
+    """The cache's entries, oldest first (temporary directories of writes under way are not
+    entries)."""
+    arrays_dir = Path(cache_dir) / "arrays"
+    if not arrays_dir.is_dir():
+        return []
+    found = [
+        _entry(p) for p in arrays_dir.iterdir() if p.is_dir() and _KEY_PATTERN.fullmatch(p.name)
+    ]
+    return sorted(found, key=lambda e: (e.written, e.key))
+
+
+def remove(cache_dir: Path, chosen: list[CacheEntry]) -> None:
+    """Delete these entries, and the temporary directories that dead processes left. A process
+    that has an entry memory-mapped keeps its arrays; the next load decodes the source again."""
+    arrays_dir = Path(cache_dir) / "arrays"
+    for entry in chosen:
+        try:
+            shutil.rmtree(entry.path)
+        except FileNotFoundError:
+            pass  # removed meanwhile
+        except OSError as e:
+            raise DataError(f"cannot remove the cache entry {entry.path} ({e})") from e
+    if arrays_dir.is_dir():
+        _remove_abandoned(arrays_dir, "*")
