@@ -1,8 +1,14 @@
-"""`dawntrain data convert|inspect` and training on converted records, through the command line."""
+"""`dawntrain data convert|inspect|download|cache`: training on converted records, and an
+archive downloaded ahead of time and loaded offline, through the command line."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import pickle
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +16,10 @@ import pytest
 from PIL import Image
 
 from dawntrain.cli import main
+from dawntrain.data import load, readers
 from dawntrain.data.codec.tfrecord import read_records
+from dawntrain.data.readers import cifar, tiny_imagenet
+from local_http import dead_url, serving
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +115,83 @@ def test_train_one_epoch_on_converted_records_then_eval_on_a_glob(tmp_path, caps
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", glob]) == 0
     assert "test set, 30 images" in capsys.readouterr().out
+
+
+def cifar_archive_bytes(tmp_path: Path) -> bytes:
+    """A cifar-10-python.tar.gz of the official layout: 2 images a batch, 10 classes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        data = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        batch = {b"data": data, b"labels": [int(x) for x in rng.integers(0, 10, 2)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    with tarfile.open(tmp_path / "cifar.tar.gz", "w:gz") as tar:
+        tar.add(folder, folder.name)
+    return (tmp_path / "cifar.tar.gz").read_bytes()
+
+
+def use_archive(monkeypatch, reader, archive) -> None:
+    monkeypatch.setattr(reader, "ARCHIVE", archive)
+    monkeypatch.setitem(readers.ARCHIVES, archive.name, archive)
+
+
+def test_download_ahead_copy_to_an_offline_machine_then_list_and_clear_the_cache(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("DAWNTRAIN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data_dir = tmp_path / "xdg" / "dawntrain"
+    payload = cifar_archive_bytes(tmp_path)
+    checks = {"size": len(payload), "md5": hashlib.md5(payload).hexdigest()}
+    checks["sha256"] = hashlib.sha256(payload).hexdigest()
+    usb = tmp_path / "usb"
+    with serving() as server:  # the machine with a network, whose connection drops once
+        server.files["cifar-10-python.tar.gz"] = payload
+        server.drop_after, server.drops = len(payload) // 2, 1
+        online = dataclasses.replace(cifar.ARCHIVE, url=server.url(cifar.CIFAR10_ARCHIVE), **checks)
+        use_archive(monkeypatch, cifar, online)
+        assert main(["data", "download", "cifar10", "--to", str(usb), "--quiet"]) == 0
+        assert [wanted for _, wanted in server.requests] == [None, f"bytes={len(payload) // 2}-"]
+    out = capsys.readouterr().out
+    assert f"cifar10: {usb / 'cifar-10-python.tar.gz'}" in out
+    assert "downloaded, size, sha256 and md5 verified" in out
+    assert f"pass --data {usb}/FILE" in out and f"(here {data_dir})" in out
+    assert (usb / "cifar-10-python.tar.gz").read_bytes() == payload
+
+    # The offline machine: the copy goes into its data directory, where 'cifar10' finds it.
+    use_archive(monkeypatch, cifar, dataclasses.replace(online, url=dead_url("cifar.tar.gz")))
+    data_dir.mkdir(parents=True)
+    shutil.copy(usb / "cifar-10-python.tar.gz", data_dir)
+    assert main(["data", "download", "cifar10"]) == 0
+    assert "already there, size, sha256 and md5 verified" in capsys.readouterr().out
+    dataset = load("cifar10", progress=False)
+    assert len(dataset.train_labels) == 10 and len(dataset.class_names) == 10
+
+    assert main(["data", "cache"]) == 0
+    out = capsys.readouterr().out
+    entry = next((data_dir / "arrays").iterdir())
+    assert out.splitlines()[0].split() == ["AGE", "SIZE", "PATH", "SOURCE"]
+    assert f"{entry}  {data_dir / 'cifar-10-python.tar.gz'}" in out and "1 entry" in out
+    assert main(["data", "cache", "--older-than", "1h", "--clear"]) == 0
+    assert "written over 1h ago" in capsys.readouterr().out and entry.exists()
+    assert main(["data", "cache", "cifar-10-*", "--clear"]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out
+    assert not entry.exists() and (data_dir / "cifar-10-python.tar.gz").exists()
+    assert main(["data", "cache", "nothing-*"]) == 2
+    assert "no cache entry" in capsys.readouterr().err
+
+
+def test_download_offline_says_where_a_copy_goes(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DAWNTRAIN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    offline = dataclasses.replace(tiny_imagenet.ARCHIVE, url=dead_url("tiny-imagenet-200.zip"))
+    use_archive(monkeypatch, tiny_imagenet, offline)
+    assert main(["data", "download", "tiny-imagenet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dawntrain: error: cannot download http://127.0.0.1:")
+    assert "`dawntrain data download tiny-imagenet --to DIR`" in err
+    assert f"copy tiny-imagenet-200.zip into {tmp_path / 'xdg' / 'dawntrain'}" in err
+    assert not list((tmp_path / "xdg" / "dawntrain").iterdir())  # no empty .part

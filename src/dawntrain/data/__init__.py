@@ -3,11 +3,13 @@
   load(source)      any source, as an ImageDataset (the readers: dawntrain.data.readers)
   checked(source)   the data a run trains on: loaded, labels checked, images at the model's side
   ImageDataset      train/test images (uint8 NHWC), int64 labels, class names, source
-  default_cache_dir where arrays are cached and archives looked for ($DAWNTRAIN_DATA)
+  default_cache_dir where arrays are cached and archives looked for and downloaded
+                    ($DAWNTRAIN_DATA, else $XDG_CACHE_HOME/dawntrain, else ~/.cache/dawntrain)
 
-Modules: dataset (ImageDataset and its checks), images (decoding, resizing, worker pools), cache,
-download, batches (device batches and normalization), codec/ (TFRecord, tf.train.Example, image
-records), readers/ (one per kind of source), convert (the record writer, `dawntrain data`).
+Modules: dataset (ImageDataset and its checks), images (decoding, resizing, worker pools),
+cache (and its listing), download (resumable, checked), batches (device batches and
+normalization), codec/ (TFRecord, tf.train.Example, image records), readers/ (one per kind of
+source), convert (the record writer, `dawntrain data`).
 """
 
 from __future__ import annotations
