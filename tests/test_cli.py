@@ -166,7 +166,7 @@ def test_the_names_people_type_are_flags_and_aliases(capsys):
     out = capsys.readouterr().out
     assert "weight_decay = 0.02\n" in out and "batch_size = 32\n" in out
     # An unknown key with no close match points to the key list instead of dumping it.
-    assert main(["train", "--set", "ema=0.999", "--print-config"]) == 2
+    assert main(["train", "--set", "mixup=0.2", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "--print-config" in err and "width" not in err
 

@@ -71,6 +71,6 @@ def test_the_names_people_type_are_aliases_of_config_keys():
     assert (cfg.weight_decay, cfg.lr, cfg.batch_size, cfg.tta_level) == (0.1, 0.2, 64, 1)
     assert resolve("davidnet", sets=["weight-decay=0.3"]).weight_decay == 0.3
     with pytest.raises(
-        ConfigError, match=r"unknown config key 'ema'; `dawntrain train --print-config`"
+        ConfigError, match=r"unknown config key 'mixup'; `dawntrain train --print-config`"
     ):
-        resolve("davidnet", sets=["ema=0.99"])
+        resolve("davidnet", sets=["mixup=0.2"])

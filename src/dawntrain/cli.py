@@ -158,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tta_level=args.tta,
         tensorboard=True if args.tensorboard else None,
         auto_resume=True if args.resume == "auto" else None,
+        ema=args.ema,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
@@ -195,6 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.tta,
         args.batch_size,
         shared_classes=args.shared_classes,
+        weights=args.weights,
     )
     if args.json:
         print(json.dumps(result))
@@ -208,6 +210,8 @@ def format_evaluation(result: dict) -> str:
         f"  {name:<14} loss {r['loss']:.4f}  accuracy {r['acc']:.4f}  top-5 {r['top5']:.4f}"
     )
     lines = [f"{result['source']}, {result['split']} set, {result['examples']} images:"]
+    if result.get("weights") == "ema":
+        lines[0] = lines[0][:-1] + ", the EMA of the weights:"
     if "shared_classes" in result:
         lines[0] = lines[0][:-1] + f" of the {len(result['shared_classes'])} shared classes:"
     lines.append(line("plain", result))
@@ -503,7 +507,8 @@ def cmd_probe_lr(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from dawntrain.infer.predict import format_predictions, predict
 
-    results = predict(args.checkpoint, args.images, args.top_k, args.tta, args.device or "auto")
+    device = args.device or "auto"
+    results = predict(args.checkpoint, args.images, args.top_k, args.tta, device, args.weights)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return 0
 
@@ -511,7 +516,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from dawntrain.infer.export import export
 
-    model, sidecar = export(args.checkpoint, args.format, args.out)
+    model, sidecar = export(args.checkpoint, args.format, args.out, args.weights)
     print(f"written to {model} and {sidecar}")
     return 0
 
@@ -519,6 +524,35 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda if any)"
+    )
+
+
+EMA_DECAY = 0.999  # `--ema` without a value
+
+
+def _ema_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ema",
+        nargs="?",
+        type=float,
+        const=EMA_DECAY,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights, DECAY per optimizer step "
+        f"(--ema alone: {EMA_DECAY}; ramped up from 0.18 over the first steps unless --set "
+        "ema_warmup=false; --set ema_every=N: every N steps), and evaluate it beside them: "
+        "ema_val_acc each validation, ema_test_acc at the end; the checkpoints store it "
+        "(eval/predict/export --weights ema). Training is unchanged. Default: the preset's "
+        "(none: ema = 0); see docs/recipes.md",
+    )
+
+
+def _weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        choices=["raw", "ema"],
+        default="raw",
+        help="raw: the trained weights; ema: their exponential moving average, which a run "
+        "trained with --ema stores beside them",
     )
 
 
@@ -561,6 +595,7 @@ def _train_parser(sub) -> None:
         choices=["stop", "skip-step"],
         help="on a NaN/Inf loss: stop (default) or skip that optimizer step",
     )
+    _ema_option(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -586,6 +621,7 @@ def _model_parsers(sub) -> None:
         "the classes both have (matched by name)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _weights_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = _command(sub, "summary", "print a preset's layer table: shapes, parameters, FLOPs")
@@ -786,6 +822,7 @@ def _use_parsers(sub) -> None:
     p.add_argument("--tta", action="store_true", help="average the run's test-time views")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _device_option(p)
+    _weights_option(p)
     p.set_defaults(func=cmd_predict)
     p = _command(sub, "export", "weights for use outside dawntrain, plus F.json")
     p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
@@ -796,6 +833,7 @@ def _use_parsers(sub) -> None:
         help="safetensors: the state dict; onnx: a graph for onnxruntime; torchscript: traced",
     )
     p.add_argument("--out", type=Path, required=True, help="the file to write (and F.json)")
+    _weights_option(p)
     p.set_defaults(func=cmd_export)
 
 

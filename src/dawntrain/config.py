@@ -87,6 +87,12 @@ class Config:
     bias_lr_scale: float = 1.0  # BatchNorm shifts (and the whitening bias) train with lr × this
     whiten_bias_epochs: int = 0  # the whitening layer's bias trains for this many epochs only
     lookahead: bool = False  # pull weights toward a slow EMA every 5 steps, adopt it at the end
+    # An EMA of the weights, evaluated beside them (engine/ema.py): `ema` is the decay per update
+    # (0: off), updated every `ema_every` optimizer steps; `ema_warmup`: the decay ramps up as
+    # min(ema, (1 + u) / (10 + u)) at the u-th update, so the initial weights fade out early.
+    ema: float = 0.0
+    ema_every: int = 1
+    ema_warmup: bool = True
     tta_level: int = 0  # test-time augmentation: 0 none, 1 flip, 2 flip + one-pixel translations
     eval_batch_size: int = 1024
     eval_every: int = 1  # validate every N epochs and after the last; 0: after the last only
@@ -283,6 +289,8 @@ def validate(config: Config) -> Config:
         (config.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0"),
         (config.workers >= 0, "workers must be >= 0 (0: the reader's default)"),
         (config.log_every_steps >= -1, "log_every_steps must be >= -1 (-1: ~10 lines an epoch)"),
+        (0 <= config.ema < 1, "ema must be in [0, 1) (0: no EMA of the weights; e.g. 0.999)"),
+        (config.ema_every >= 1, "ema_every must be >= 1 (optimizer steps between EMA updates)"),
         (config.stop_check_s >= 0, "stop_check_s must be >= 0 (0: agree after every step)"),
     ]
     for ok, message in checks:

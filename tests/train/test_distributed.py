@@ -95,7 +95,8 @@ def weight_difference(a: dict, b: dict) -> float:
 
 def test_two_ranks_with_sync_bn_match_one_process(tmp_path):
     data = image_folder(tmp_path / "data")
-    common = ["--data", str(data), "--epochs", "1", *TINY]
+    # With an EMA of the weights: every rank averages the module DDP wraps.
+    common = ["--data", str(data), "--epochs", "1", "--ema", "0.9", *TINY]
     run_single([*common, "--out", str(tmp_path / "single")], tmp_path / "cache")
     procs = launch(
         [*common, "--set", "sync_bn=true", "--out", str(tmp_path / "ddp")],
@@ -106,14 +107,17 @@ def test_two_ranks_with_sync_bn_match_one_process(tmp_path):
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    single = load(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
-    ddp = load(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    single_state = load(tmp_path / "single" / "checkpoints" / "last.pt")
+    ddp_state = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    single, ddp = single_state["model"], ddp_state["model"]
     # The weights as one vector: 1.2e-6 on a Xeon with AMX. Tensor by tensor (buffers too) the
     # relative difference is larger where the norm is small (the first BN's running mean,
     # 0.04: 1.6e-5 there): fp32 rounding in other summation orders (per-rank batches, gloo's
     # all-reduce). Wrong BN statistics would show as 1e-2 and up.
     assert weight_difference(single, ddp) < 1e-5
     assert relative_difference(single, ddp) < 1e-4
+    assert weight_difference(single_state["ema"], ddp_state["ema"]) < 1e-5
+    assert weight_difference(single_state["ema"], single) > 1e-3  # an average, not the weights
     # Only rank 0 wrote the run directory, once.
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1
 

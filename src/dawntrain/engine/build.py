@@ -1,6 +1,6 @@
 """One setup for every command: `build(config, dataset)` makes a `Run` (the data splits on the
 device, the normalizer, the model with DDP/compile, the optimizer exactly as training uses it,
-the scaler, the schedule, lookahead), and `Run.step` is the training step. fit(), the lr probe,
+the scaler, the schedule, lookahead, the EMA of the weights), and `Run.step` is the training step. fit(), the lr probe,
 the sample plots and the throughput bench all build through here; eval and predict load a
 checkpoint's model through `model_on_device`.
 """
@@ -26,6 +26,7 @@ from dawntrain.data.batches import (
     steps_per_epoch,
     train_batches,
 )
+from dawntrain.engine.ema import ModelEMA
 from dawntrain.engine.evaluate import evaluate
 from dawntrain.engine.lookahead import Lookahead
 from dawntrain.engine.nonfinite import SkipNonFinite
@@ -136,6 +137,7 @@ class Run:
     val_y: torch.Tensor
     # The loss the step minimises; tests wrap it to inject non-finite losses.
     loss: Callable = field(default=loss_fn)
+    ema: ModelEMA | None = None  # config.ema: an average of the weights, evaluated beside them
 
     @property
     def device(self) -> torch.device:
@@ -194,14 +196,19 @@ class Run:
                 self.skipper.undo_if(bad)
         if self.lookahead is not None:
             self.lookahead.step(global_step + 1, steps * c.epochs)
+        if self.ema is not None:  # the weights as the step left them: undone, pulled by lookahead
+            self.ema.step(global_step + 1)
         stats.add(loss, logits, y, bad, global_step)
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0) -> dict:
-        """Loss and accuracies over all ranks, each evaluating its shard."""
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0, ema: bool = False
+    ) -> dict:
+        """Loss and accuracies over all ranks, each evaluating its shard; `ema`: of the EMA of
+        the weights instead of the weights."""
         shard = slice(self.world.rank, None, self.world.size)
         c = self.config
         return evaluate(
-            self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
+            self.ema.module if ema else self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
             self.precision, c.channels_last, tta_level=tta_level,
         )  # fmt: skip
 
@@ -214,8 +221,9 @@ class Run:
         ).long()
 
     def state_dict(self) -> dict[str, Any]:
-        """The run's weights and optimizer state, plus what inference needs to use the model."""
-        return {
+        """The run's weights and optimizer state, plus what inference needs to use the model;
+        `ema`, where the run keeps one, the averaged weights as a state dict of the model."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -226,6 +234,9 @@ class Run:
             "image_size": list(self.splits.train_images.shape[1:3]),
             "version": dawntrain.__version__,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -233,6 +244,8 @@ class Run:
         self.scaler.load_state_dict(state["scaler"])
         if self.lookahead is not None:
             self.lookahead.load_state_dict(state["lookahead"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def build(
@@ -279,6 +292,8 @@ def build(
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if config.compile:
         forward = torch.compile(forward)
+    # Copied after DDP's construction, which broadcasts rank 0's weights into every rank's model.
+    ema = ModelEMA(model, config.ema, config.ema_every, config.ema_warmup) if config.ema else None
     return Run(
         config=config,
         world=world,
@@ -297,4 +312,5 @@ def build(
         train_y=train_y.long(),
         val_x=val_x,
         val_y=val_y.long(),
+        ema=ema,
     )

@@ -19,6 +19,7 @@ def evaluate_checkpoint(
     tta_level: int | None = None,
     batch_size: int | None = None,
     shared_classes: bool = False,
+    weights: str = "raw",
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 accuracy of a checkpoint on the test set of `data` (default: the
     run's own source, checked and resized as the run's data was), in the run's precision.
@@ -29,8 +30,9 @@ def evaluate_checkpoint(
     Data whose class list differs from the checkpoint's is refused, naming both lists, unless
     `shared_classes`: then only the images of the classes both have (matched by name) are
     evaluated, their labels mapped to the checkpoint's indices; the result names those classes
-    under "shared_classes"."""
-    trained = load_model(path, device)
+    under "shared_classes". `weights`: "raw" (the trained weights) or "ema" (their EMA, where the
+    run kept one: summary.json's ema_test_acc and ema_test_acc_tta); the result says which."""
+    trained = load_model(path, device, weights)
     config = trained.config
     dataset = run_data(config, data)
     if dataset.test_images is None:
@@ -46,6 +48,7 @@ def evaluate_checkpoint(
     level = config.tta_level if tta_level is None else tta_level
     result = trained.evaluate(images, labels, batch_size=batch_size)
     out = {**result, "split": "test", "source": getattr(dataset, "source", data or config.data)}
+    out["weights"] = weights
     if shared is not None:
         out["shared_classes"] = shared
     if level:

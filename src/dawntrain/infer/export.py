@@ -23,7 +23,7 @@ FORMATS = ("safetensors", "onnx", "torchscript")
 ONNX_OPSET = 17
 
 
-def sidecar(state: dict[str, Any], fmt: str) -> dict[str, Any]:
+def sidecar(state: dict[str, Any], fmt: str, weights: str = "raw") -> dict[str, Any]:
     config = state["config"]
     h, w = input_size(state)
     norm = state["normalizer"]
@@ -44,6 +44,7 @@ def sidecar(state: dict[str, Any], fmt: str) -> dict[str, Any]:
             "samplewise": norm["samplewise"],
             "how": how,
         },
+        "weights": weights,  # raw: the trained weights; ema: their EMA (config.ema)
         "epoch": state.get("epoch"),
         "dawntrain": state.get("version"),
         "config": config,
@@ -86,17 +87,18 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> N
     torch.jit.save(traced, str(out))
 
 
-def export(checkpoint: Path, fmt: str, out: Path) -> tuple[Path, Path]:
-    """Write the checkpoint's model to `out` in `fmt` and its description to `out`.json."""
+def export(checkpoint: Path, fmt: str, out: Path, weights: str = "raw") -> tuple[Path, Path]:
+    """Write the checkpoint's model to `out` in `fmt` and its description to `out`.json;
+    `weights`: the trained ones ("raw") or their EMA ("ema", where the run kept one)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    trained = load_model(Path(checkpoint), "cpu")
+    trained = load_model(Path(checkpoint), "cpu", weights)
     model, state = trained.model, trained.state
     # Exported graphs are plain fp32 NCHW on the CPU; eval mode: BN running stats, no dropout.
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     h, w = input_size(state)
     example = torch.zeros(2, 3, h, w)
-    meta = sidecar(state, fmt)
+    meta = sidecar(state, fmt, weights)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # torch deprecates TorchScript and its ONNX exporter; both still work in torch 2.13.

@@ -1,5 +1,6 @@
 """A checkpoint's model, ready to use: built as training built it, with its weights, its input
-normalization and the run's evaluation settings (precision, TTA level, batch size)."""
+normalization and the run's evaluation settings (precision, TTA level, batch size): its trained
+weights, or the EMA of them that a run with `ema` kept beside them."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from dawntrain.config import Config, apply
 from dawntrain.data.batches import Normalizer
 from dawntrain.engine.build import model_on_device
 from dawntrain.engine.evaluate import evaluate
-from dawntrain.errors import DataError
+from dawntrain.errors import CheckpointError, ConfigError, DataError
 from dawntrain.models import input_size as model_input_size
 from dawntrain.runtime.device import resolve_device, resolve_precision
 from dawntrain.train import checkpoint
+
+# Which of a checkpoint's weights to use: the trained ones, or their EMA (config.ema).
+WEIGHTS = ("raw", "ema")
 
 
 @dataclass
@@ -31,6 +35,7 @@ class TrainedModel:
     state: dict[str, Any]  # the raw checkpoint
     precision: str
     path: Path
+    weights: str = "raw"  # one of WEIGHTS
 
     @property
     def device(self) -> torch.device:
@@ -70,15 +75,24 @@ class TrainedModel:
         )  # fmt: skip
 
 
-def load_model(path: Path, device: str = "auto") -> TrainedModel:
+def load_model(path: Path, device: str = "auto", weights: str = "raw") -> TrainedModel:
+    """The checkpoint's model with its trained weights (`raw`) or their EMA (`ema`, which only
+    a run with `ema` > 0 stored)."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     state = checkpoint.load(path)
     config = apply(Config(), state["config"], f"checkpoint {path}")
+    if weights == "ema" and "ema" not in state:
+        raise CheckpointError(
+            f"{path} holds no EMA of the weights: its run trained without one (ema = "
+            f"{config.ema}); use its trained weights (--weights raw), or train with --ema"
+        )
     dev = resolve_device(device)
     model = model_on_device(config, len(state["class_names"]), dev)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema" if weights == "ema" else "model"])
     normalizer = Normalizer(**state["normalizer"])
     precision = resolve_precision(config.precision, dev)
-    return TrainedModel(model.eval(), config, normalizer, state, precision, Path(path))
+    return TrainedModel(model.eval(), config, normalizer, state, precision, Path(path), weights)
 
 
 def class_list(classes: list[str], shown: int = 5) -> str:

@@ -73,11 +73,12 @@ def predict(
     top_k: int = 5,
     tta: bool = False,
     device: str = "auto",
+    weights: str = "raw",
 ) -> list[dict[str, Any]]:
     """Top-k classes per image: [{"path", "notes", "predictions": [{"class", "index",
     "probability"}]}]. Computed in fp32; `tta` averages the run's test-time views (its
-    `tta_level`, at least the mirror image)."""
-    trained = load_model(Path(checkpoint), device)
+    `tta_level`, at least the mirror image); `weights`: "raw" or "ema" (load_model)."""
+    trained = load_model(Path(checkpoint), device, weights)
     classes = trained.class_names
     paths = image_paths(inputs)
     size = input_size(trained.state)

@@ -20,6 +20,8 @@ COLUMNS = [
     ("train_acc", "{:>9}", "{:>9.4f}"),
     ("val_loss", "{:>8}", "{:>8.4f}"),
     ("val_acc", "{:>7}", "{:>7.4f}"),
+    ("ema_val_loss", "{:>12}", "{:>12.4f}"),
+    ("ema_val_acc", "{:>11}", "{:>11.4f}"),
     ("images_per_s", "{:>6}", "{:>6.0f}"),
     ("epoch_s", "{:>7}", "{:>7.1f}"),
     ("elapsed_s", "{:>9}", "{:>9.1f}"),
@@ -27,12 +29,21 @@ COLUMNS = [
 HEADERS = {"images_per_s": "img/s"}
 # Shown only where the run has them (a Muon run, a separate BatchNorm lr, the rates measured).
 OPTIONAL = {"step_lr", "muon_lr", "bias_lr", "images_per_s"}
+# Shown where the run has them (an EMA of the weights), measured in this row or not ("-").
+WHERE_PRESENT = {"ema_val_loss", "ema_val_acc"}
 
 
 def columns_for(metrics: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    hidden = OPTIONAL | WHERE_PRESENT
     if metrics is None:
-        return [c for c in COLUMNS if c[0] not in OPTIONAL]
-    return [c for c in COLUMNS if c[0] not in OPTIONAL or metrics.get(c[0]) is not None]
+        return [c for c in COLUMNS if c[0] not in hidden]
+    return [
+        c
+        for c in COLUMNS
+        if c[0] not in hidden
+        or metrics.get(c[0]) is not None
+        or (c[0] in WHERE_PRESENT and c[0] in metrics)
+    ]
 
 
 def header(metrics: dict[str, Any] | None = None) -> str:

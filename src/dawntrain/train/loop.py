@@ -276,6 +276,7 @@ def end_epoch(run: Run, state: LoopState, t0: float) -> dict[str, Any]:
     due = epoch + 1 == c.epochs or (c.eval_every and (epoch + 1) % c.eval_every == 0)
     # On a CPU a validation pass costs several percent of a short recipe's epoch.
     val = run.evaluate(run.val_x, run.val_y) if due else {"loss": None, "acc": None}
+    ema_val = ema_metrics(run, "val", run.val_x, run.val_y) if due else ema_metrics(run, "val")
     state.elapsed_s += time.perf_counter() - t0
     sums = state.stats.read()
     metrics = {
@@ -285,6 +286,7 @@ def end_epoch(run: Run, state: LoopState, t0: float) -> dict[str, Any]:
         "train_acc": sums["correct"] / sums["examples"],
         "val_loss": val["loss"],
         "val_acc": val["acc"],
+        **ema_val,
         "train_s": round(train_s, 3),
         "epoch_s": round(time.perf_counter() - t0, 3),
         "elapsed_s": round(state.elapsed_s, 3),
@@ -312,9 +314,34 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
         final.update(test_loss_tta=tta["loss"], test_acc_tta=tta["acc"])
         line += f"  with TTA (level {c.tta_level}) {tta['acc']:.4f}"
     state.say(line)
+    if run.ema is not None:
+        ema = ema_metrics(run, "test", x, y, c.tta_level)
+        final.update(ema)
+        line = (
+            f"EMA weights: test loss {ema['ema_test_loss']:.4f}  test acc {ema['ema_test_acc']:.4f}"
+        )
+        if c.tta_level:
+            line += f"  with TTA (level {c.tta_level}) {ema['ema_test_acc_tta']:.4f}"
+        state.say(line)
     if run.lookahead is not None:
         save(run, state)  # last.pt holds the weights that were evaluated
     return final
+
+
+def ema_metrics(run: Run, split: str, x=None, y=None, tta_level: int = 0) -> dict[str, Any]:
+    """ema_{split}_loss and ema_{split}_acc of the run's EMA of the weights on (x, y) (None when
+    x is None: not evaluated), plus their _tta pair with `tta_level`; {} for a run without EMA."""
+    if run.ema is None:
+        return {}
+    names = (f"ema_{split}_loss", f"ema_{split}_acc")
+    if x is None:
+        return dict.fromkeys(names)
+    plain = run.evaluate(x, y, ema=True)
+    out = dict(zip(names, (plain["loss"], plain["acc"])))
+    if tta_level:
+        tta = run.evaluate(x, y, tta_level, ema=True)
+        out.update({names[0] + "_tta": tta["loss"], names[1] + "_tta": tta["acc"]})
+    return out
 
 
 def check_finite(stats: StepStats, steps: int, on_nonfinite: str = "stop") -> None:
