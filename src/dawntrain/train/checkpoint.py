@@ -21,6 +21,8 @@ RESUMABLE_CHANGES = {
     "device",
     "quiet",
     "epochs",
+    "best_metric",
+    "best_mode",
     "checkpoint_every_steps",
     "data",
     "compile",
@@ -47,7 +49,8 @@ def save(path: Path, state: dict[str, Any]) -> None:
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = "; a run writes best.pt only with best_metric set" if path.name == "best.pt" else ""
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -55,8 +58,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
 
 
 def prune(directory: Path, pattern: str, keep: int) -> None:
-    """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob)."""
-    found = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+    """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob); last.pt
+    and best.pt are never among them (a checkpoint_name such as "{epoch}.pt" matches them)."""
+    found = [p for p in Path(directory).glob(pattern) if p.name not in ("last.pt", "best.pt")]
+    found = sorted(found, key=lambda p: p.stat().st_mtime_ns)
     for old in found[:-keep] if keep > 0 else found:
         with contextlib.suppress(OSError):
             old.unlink()
