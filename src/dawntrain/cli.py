@@ -22,7 +22,8 @@ EXAMPLES = """examples:
   dawntrain train --preset fast --data sample --epochs 4 --out runs/quick
   dawntrain eval --checkpoint runs/quick/checkpoints/last.pt
   dawntrain report runs/quick            # runs/quick/report.html
-  dawntrain train --resume runs/quick --epochs 6   # continue a run under its own config
+  dawntrain train --resume runs/quick     # continue an interrupted run under its own config
+  dawntrain train --init-from runs/quick --preset fast --data D --epochs 6   # fine-tune
 
 `dawntrain COMMAND --help` shows each command's options."""
 
@@ -142,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dawntrain.analysis.callbacks import for_config
     from dawntrain.train import checkpoint, fit
 
+    _check_init_from(args)
     target = _resume_target(args)
     # `--resume RUN` alone: the config RUN was trained with, so it needs no other option.
     own = target is not None and args.preset is None
@@ -159,15 +161,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         tensorboard=True if args.tensorboard else None,
         auto_resume=True if args.resume == "auto" else None,
         ema=args.ema,
+        best_metric=args.best_metric,
+        best_mode=args.best_mode,
+        init_from=args.init_from,
     )
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
     if target is not None:
         checkpoint.check_same_config(target[1], cfg)  # before the data loads
+    elif cfg.init_from and not cfg.auto_resume:
+        _check_init_source(cfg)
     # `auto` travels as config.auto_resume, like the config-file route (auto_resume = true).
     fit(cfg, resume=str(target[0]) if target else None, callbacks=for_config(cfg))
     return 0
+
+
+def _check_init_from(args: argparse.Namespace) -> None:
+    """--init-from starts a new run; --resume PATH|last continues one (`auto` may pair with it:
+    the first start takes the weights, the restarts resume)."""
+    if args.init_from and args.resume not in (None, "auto"):
+        raise ConfigError(
+            "--init-from starts a new run from a checkpoint's weights (fresh optimizer and "
+            "schedule, epoch 0) and --resume continues a run where it stopped: give one of them"
+        )
+
+
+def _check_init_source(cfg) -> None:
+    """--init-from's checkpoint exists and has the run's architecture, before any data loads."""
+    from dawntrain.train import checkpoint, init_from
+
+    path = init_from.checkpoint_path(cfg.init_from)
+    init_from.check_architecture(checkpoint.load(path)["config"], cfg, path)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -596,7 +621,34 @@ def _train_parser(sub) -> None:
         help="on a NaN/Inf loss: stop (default) or skip that optimizer step",
     )
     _ema_option(p)
+    _best_and_init_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _best_and_init_options(p: argparse.ArgumentParser) -> None:
+    from dawntrain.config import BEST_METRICS
+
+    p.add_argument(
+        "--best-metric",
+        metavar="METRIC",
+        help="also keep checkpoints/best.pt, the epoch with the best value of this per-epoch "
+        f"metric ({', '.join(BEST_METRICS)}); summary.json says which epoch and value "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--best-mode",
+        choices=["auto", "max", "min"],
+        help="whether higher or lower --best-metric is better (default auto: max for *_acc, "
+        "min for *_loss)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT|RUN",
+        help="start a new run (fresh optimizer and lr schedule, epoch 0) from this checkpoint's "
+        "weights (a .pt file, or a run directory: its last.pt), e.g. to fine-tune on other "
+        "data; where the classes differ the classifier head is re-initialised; the model must "
+        "be the checkpoint's (model, width). Not with --resume PATH|last",
+    )
 
 
 def _model_parsers(sub) -> None:

@@ -102,6 +102,14 @@ class Config:
     # Fields: epoch and the epoch's metrics (CHECKPOINT_NAME_FIELDS), e.g. "ep{epoch}-{val_acc:.3f}.pt".
     checkpoint_name: str = "epoch_{epoch:02d}.pt"
     checkpoint_every_steps: int = 0
+    # Best checkpoint and fine-tuning (README "Best checkpoint, fine-tuning, longer runs").
+    # best_metric: keep checkpoints/best.pt, the epoch with the best value of this per-epoch
+    # metric (BEST_METRICS); "": none. best_mode auto: max for *_acc, min for *_loss.
+    best_metric: str = ""
+    best_mode: str = "auto"  # auto | max | min
+    # A new run (fresh optimizer and schedule, epoch 0) from this checkpoint's weights (a .pt
+    # file or a run directory); a classifier head for other classes is re-initialised.
+    init_from: str = ""
     # Continue from out's last checkpoint when there is one, else start fresh: one command for
     # the first start and every restart (torchrun --max-restarts, Slurm --requeue); needs `out`.
     auto_resume: bool = False
@@ -135,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_nonfinite": ("stop", "skip-step"),
     "batch_scope": ("global", "per_rank"),
     "optimizer": ("sgd", "muon"),
+    "best_mode": ("auto", "max", "min"),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -158,7 +167,12 @@ ALIASES: dict[str, str] = {
 }
 
 # What a checkpoint_name may use besides {epoch}: the epoch's metrics (nan where not measured).
-CHECKPOINT_NAME_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+CHECKPOINT_NAME_FIELDS = (
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc",
+)  # fmt: skip
+# The per-epoch metrics a best checkpoint may be chosen by (config.best_metric); the ema_ ones
+# need ema > 0.
+BEST_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "ema_val_acc", "ema_val_loss")
 
 
 def presets() -> dict[str, Path]:
@@ -297,6 +311,16 @@ def validate(config: Config) -> Config:
         if not ok:
             raise ConfigError(f"impossible config: {message}")
     _check_checkpoint_name(config.checkpoint_name)
+    if config.best_metric not in ("", *BEST_METRICS):
+        raise ConfigError(
+            f"best_metric {config.best_metric!r} is not a per-epoch metric; choose one of "
+            f'{", ".join(BEST_METRICS)} (or "" for no best checkpoint)'
+        )
+    if config.best_metric.startswith("ema_") and not config.ema:
+        raise ConfigError(
+            f"best_metric {config.best_metric!r} needs an EMA of the weights: set --ema DECAY "
+            "(e.g. 0.999), or choose a metric of the raw weights"
+        )
     return config
 
 

@@ -10,7 +10,7 @@ from dawntrain.config import resolve
 from dawntrain.errors import CheckpointError
 from dawntrain.train import fit
 from dawntrain.train.callbacks import Callback
-from dawntrain.train.checkpoint import load
+from dawntrain.train.checkpoint import check_same_config, load
 from synthetic import tiny_dataset
 
 
@@ -96,3 +96,37 @@ def test_validating_less_often_does_not_change_training(tmp_path):
     ]
     assert [m["val_acc"] is None for m in history] == [True, True, False]
     assert history[-1]["val_acc"] == json.loads(every["history"])[-1]["val_acc"]
+
+
+def test_resume_with_other_epochs_is_refused_where_the_run_depends_on_them(tmp_path):
+    data = tiny_dataset()
+    fit(config(tmp_path, epochs=1), dataset=data)  # davidnet: one_cycle
+    with pytest.raises(CheckpointError) as e:
+        fit(config(tmp_path, epochs=2), dataset=data, resume="last")
+    assert "set up for 1 epochs, not 2" in str(e.value) and "one_cycle" in str(e.value)
+    assert "--init-from" in str(e.value) and "--epochs 1" in str(e.value)
+
+    def saved(epoch, **kw):  # a checkpoint of a 3-epoch run after `epoch` epochs
+        return {"config": config(tmp_path, **kw).to_dict(), "epoch": epoch, "step_in_epoch": 0}
+
+    staircase = dict(lr_schedule='"staircase"')
+    # Lookahead's averaging depends on them too, whatever the schedule.
+    with pytest.raises(CheckpointError, match="lookahead"):
+        check_same_config(
+            saved(1, lookahead="true", **staircase),
+            config(tmp_path, epochs=4, lookahead="true", **staircase),
+        )
+    check_same_config(saved(1, **staircase), config(tmp_path, epochs=4, **staircase))  # allowed
+    # Fewer epochs than the checkpoint has trained: refused for any schedule.
+    with pytest.raises(CheckpointError, match="has trained 2 epochs of its run's 3"):
+        check_same_config(saved(2, **staircase), config(tmp_path, epochs=1, **staircase))
+
+
+def test_a_staircase_run_resumed_with_more_epochs_is_the_longer_run(tmp_path):
+    """Nothing of a staircase run without lookahead depends on epochs, so a 2-epoch run resumed
+    for 3 is bitwise the 3-epoch run."""
+    data, kw = tiny_dataset(), dict(lr_schedule='"staircase"', lr_milestones="[2]")
+    fit(config(tmp_path / "full", **kw), dataset=data)
+    fit(config(tmp_path / "part", epochs=2, **kw), dataset=data)
+    fit(config(tmp_path / "part", **kw), dataset=data, resume="last")
+    assert_same_run(tmp_path / "full", tmp_path / "part")

@@ -92,6 +92,17 @@ def make_schedule(config: Config) -> Callable[[float], float]:
     return one_cycle(config.lr, config.epochs, warmup, config.lr_start, config.lr_final)
 
 
+def shaped_by_epochs(config: Config) -> list[str]:
+    """What in a run of `config` depends on config.epochs from its first step on (empty:
+    nothing), so that resuming it with other epochs would not continue the same run."""
+    shaped = []
+    if config.lr_schedule == "one_cycle":
+        shaped.append("its one_cycle lr schedule is shaped by the epochs (it ends at the last one)")
+    if config.lookahead:
+        shaped.append("lookahead's averaging grows with the fraction of the epochs done")
+    return shaped
+
+
 def make_normalizer(config: Config, train_images: np.ndarray) -> Normalizer:
     if config.normalize == "samplewise":
         return Normalizer(None, None, samplewise=True)

@@ -42,6 +42,8 @@ class LoopState:
     # Each resume of this run: checkpoint, epoch, step, world sizes, launcher restart count.
     resumes: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_due: bool = False
+    best: Any = None  # train.best.Best where config.best_metric is set: the best epoch so far
+    init_from: dict[str, Any] | None = None  # the checkpoint the weights came from (--init-from)
 
 
 class Callback:
@@ -74,7 +76,7 @@ class SanityCheck(Callback):
     """Before a fresh run trains, the untrained model's accuracy and loss against chance."""
 
     def on_fit_start(self, run: Run, state: LoopState) -> None:
-        if not state.resumed:
+        if not state.resumed and state.init_from is None:  # only an untrained model
             c = run.config
             state.say(
                 sanity_check(

@@ -12,15 +12,19 @@ from typing import Any
 
 import torch
 
+from dawntrain.engine.build import shaped_by_epochs
 from dawntrain.errors import CheckpointError
 from dawntrain.files import atomic_write
 
-# Config keys that may differ between a checkpoint and the run that resumes it.
+# Config keys that may differ between a checkpoint and the run that resumes it; `epochs` only
+# where nothing depends on it (check_epochs).
 RESUMABLE_CHANGES = {
     "out",
     "device",
     "quiet",
     "epochs",
+    "best_metric",
+    "best_mode",
     "checkpoint_every_steps",
     "data",
     "compile",
@@ -47,7 +51,8 @@ def save(path: Path, state: dict[str, Any]) -> None:
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = "; a run writes best.pt only with best_metric set" if path.name == "best.pt" else ""
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -55,8 +60,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
 
 
 def prune(directory: Path, pattern: str, keep: int) -> None:
-    """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob)."""
-    found = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+    """Delete all but the `keep` newest epoch checkpoints matching `pattern` (a glob); last.pt
+    and best.pt are never among them (a checkpoint_name such as "{epoch}.pt" matches them)."""
+    found = [p for p in Path(directory).glob(pattern) if p.name not in ("last.pt", "best.pt")]
+    found = sorted(found, key=lambda p: p.stat().st_mtime_ns)
     for old in found[:-keep] if keep > 0 else found:
         with contextlib.suppress(OSError):
             old.unlink()
@@ -115,6 +122,7 @@ def check_same_config(state: dict[str, Any], config) -> None:
     saved = {**type(config)().to_dict(), **state["config"]}
     differs = config_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
     if not differs:
+        check_epochs(state, saved["epochs"], config)
         return
     if saved.get("preset") != config.preset:
         raise CheckpointError(
@@ -126,3 +134,27 @@ def check_same_config(state: dict[str, Any], config) -> None:
         f"the checkpoint belongs to another config ({'; '.join(differs)}); resume "
         "with its own config: `dawntrain train --resume RUN` and no other config option"
     )
+
+
+def check_epochs(state: dict[str, Any], saved_epochs: int, config) -> None:
+    """Epochs may change on resume only where nothing the run has done depends on them (a
+    staircase schedule, no lookahead), and never below the epochs already trained."""
+    if config.epochs == saved_epochs:
+        return
+    epoch, step = state["epoch"], state.get("step_in_epoch", 0)
+    if config.epochs < epoch + (1 if step else 0):
+        where = f"is inside epoch {epoch + 1}" if step else f"has trained {epoch} epochs"
+        raise CheckpointError(
+            f"the checkpoint {where} of its run's {saved_epochs}, beyond --epochs "
+            f"{config.epochs}; resume it with --epochs {saved_epochs}"
+        )
+    shaped = shaped_by_epochs(config)
+    if shaped:
+        raise CheckpointError(
+            f"the run was set up for {saved_epochs} epochs, not {config.epochs}: "
+            f"{' and '.join(shaped)}, so resuming with other epochs would join two different "
+            f"runs in one. Resume with --epochs {saved_epochs}, or train on as a new run from "
+            "its weights (a fresh optimizer and schedule): `dawntrain train --init-from "
+            "RUN/checkpoints/last.pt --epochs N` with the run's options. Epochs may change on "
+            "resume only with lr_schedule = staircase and lookahead off"
+        )

@@ -28,7 +28,7 @@ from dawntrain.files import atomic_write
 from dawntrain.runtime import distributed
 from dawntrain.runtime.device import describe, synchronize
 from dawntrain.runtime.malloc import freed_memory_kept
-from dawntrain.train import checkpoint, lock, signals
+from dawntrain.train import best, checkpoint, init_from, lock, signals
 from dawntrain.train.callbacks import Callback, Callbacks, LoopState, default_callbacks
 from dawntrain.train.log import ConsoleLog
 
@@ -94,7 +94,7 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     data_s = time.perf_counter() - t_start
 
     run = build(config, dataset, world)
-    state = LoopState(out=out, say=say, dataset=dataset)
+    state = LoopState(out=out, say=say, dataset=dataset, best=best.for_config(config))
     start_from(run, state, resume)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -130,27 +130,43 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
         state.history.append(metrics)
         callbacks("on_epoch_end", run, state, metrics)
         state.epoch, state.step, state.stats = epoch + 1, 0, None
-        save(run, state, name=checkpoint_file_name(config.checkpoint_name, metrics))
+        name = checkpoint_file_name(config.checkpoint_name, metrics)
+        save(run, state, name=name, is_best=state.best is not None and state.best.improves(metrics))
         if stop.should_stop(True) and epoch + 1 < config.epochs:
             raise stop.interrupted(out, epoch + 1, 0, run.steps)
     stop.restore()
 
     final = test(run, state)
-    summary = {
-        "final": final,
-        "wall_s": round(time.perf_counter() - t_start, 3),
-        "data_s": round(data_s, 3),
-        "train_wall_s": round(time.perf_counter() - t_run, 3),
-        "train_images": len(run.train_y),
-        "epochs": config.epochs,
-        "environment": env,
-        "resumes": state.resumes,
-    }
-    if world.is_main:
-        write_text(out / "summary.json", json.dumps(summary, indent=2))
+    times = {"wall_s": time.perf_counter() - t_start, "data_s": data_s}
+    summary = write_summary(
+        run, state, final, env, {**times, "train_wall_s": time.perf_counter() - t_run}
+    )
     callbacks("on_fit_end", run, state, summary)
     say(f"run written to {out}")
     return {**final, "out": str(out)}
+
+
+def write_summary(
+    run: Run, state: LoopState, final: dict[str, Any], env: dict[str, Any], times: dict[str, float]
+) -> dict[str, Any]:
+    """RUN/summary.json (on the main rank): the final metrics, the times, the environment,
+    the resumes, the best epoch and the checkpoint the run started from, where there are."""
+    summary = {
+        "final": final,
+        **{k: round(v, 3) for k, v in times.items()},
+        "train_images": len(run.train_y),
+        "epochs": run.config.epochs,
+        "environment": env,
+        "resumes": state.resumes,
+    }
+    if state.best is not None:
+        summary["best"] = state.best.summary()
+        state.say(state.best.line())
+    if state.init_from is not None:
+        summary["init_from"] = state.init_from
+    if run.world.is_main:
+        write_text(state.out / "summary.json", json.dumps(summary, indent=2))
+    return summary
 
 
 def start_from(run: Run, state: LoopState, resume: str | None) -> None:
@@ -169,6 +185,8 @@ def start_from(run: Run, state: LoopState, resume: str | None) -> None:
             resume_into(run, state, Path(found), restart)
     elif resume:
         resume_into(run, state, checkpoint.resolve_resume(resume, state.out))
+    if not state.resumed and run.config.init_from:
+        state.init_from = init_from.load_weights(run, run.config.init_from, state.say)
 
 
 def resume_into(run: Run, state: LoopState, path: Path, restart: int | None = None) -> None:
@@ -182,6 +200,8 @@ def resume_into(run: Run, state: LoopState, path: Path, restart: int | None = No
     state.epoch, state.step = saved["epoch"], saved["step_in_epoch"]
     state.elapsed_s, state.history = saved["elapsed_s"], json.loads(saved["history"])
     state.resumes = json.loads(saved.get("resumes", "[]"))
+    state.best = best.restored(run.config, saved.get("best"), state.say)
+    state.init_from = json.loads(saved["init_from"]) if "init_from" in saved else None
     saved_size = saved.get("world_size", 1)
     if state.step:
         state.stats = resumed_stats(saved, world, run.device)
@@ -232,10 +252,17 @@ def restart_line(restart: int | None) -> str:
     return "" if restart is None else f"restart {restart}, "
 
 
-def save(run: Run, state: LoopState, partial: bool = False, name: str | None = None) -> None:
-    """RUN/checkpoints/last.pt (and `name`, pruned to the newest keep_checkpoints) on the main
-    rank; inside an epoch (`partial`) with the epoch's sums so far, over all ranks and per rank.
-    Every rank calls this: the sums are gathered, and a barrier follows the write."""
+def save(
+    run: Run,
+    state: LoopState,
+    partial: bool = False,
+    name: str | None = None,
+    is_best: bool = False,
+) -> None:
+    """RUN/checkpoints/last.pt (and `name`, pruned to the newest keep_checkpoints, and best.pt
+    where `is_best`) on the main rank; inside an epoch (`partial`) with the epoch's sums so far,
+    over all ranks and per rank. Every rank calls this: the sums are gathered, and a barrier
+    follows the write."""
     blob_partial = {}
     if partial:
         rows = state.stats.gathered()
@@ -256,7 +283,15 @@ def save(run: Run, state: LoopState, partial: bool = False, name: str | None = N
             "resumes": json.dumps(state.resumes),
             **blob_partial,
         }
+        if state.best is not None:
+            blob["best"] = state.best.to_json()
+        if state.init_from is not None:
+            blob["init_from"] = json.dumps(state.init_from)
         directory = state.out / "checkpoints"
+        # best.pt before last.pt: a crash between them resumes from the previous last.pt, whose
+        # record is no better than the best.pt on disk.
+        if is_best:
+            checkpoint.save(directory / best.FILE, blob)
         checkpoint.save(directory / "last.pt", blob)
         if name:
             checkpoint.save(directory / name, blob)
