@@ -73,14 +73,20 @@ def replace_durably(src: PathLike, dest: PathLike) -> None:
             os.close(dir_fd)
 
 
-def digest(path: PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes (a hashlib algorithm name: "sha256", "md5", ...), read in
-    1 MiB chunks."""
-    h = hashlib.new(algorithm)
+def digests(path: PathLike, algorithms: list[str]) -> dict[str, str]:
+    """{algorithm: hex digest} of a file's bytes (hashlib names: "sha256", "md5", ...), all in
+    one read of the file, in 1 MiB chunks."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+def digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (a hashlib algorithm name)."""
+    return digests(path, [algorithm])[algorithm]
 
 
 def file_sha256(path: PathLike) -> str:

@@ -14,7 +14,6 @@ in a directory, and its errors say where a copy downloaded on another machine go
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import sys
@@ -28,7 +27,7 @@ from typing import BinaryIO, TextIO
 from tqdm import tqdm
 
 from dawntrain.errors import DataError
-from dawntrain.files import CHUNK_BYTES, DISK_FULL, replace_durably
+from dawntrain.files import CHUNK_BYTES, DISK_FULL, digests, replace_durably
 
 try:
     import fcntl
@@ -221,13 +220,8 @@ def checked(path: Path, expected: dict[str, str]) -> dict[str, str]:
     actual_size = path.stat().st_size
     if "size" in expected and str(actual_size) != expected["size"]:
         return {"size": str(actual_size)}
-    digests = {name: hashlib.new(name) for name in expected if name != "size"}
-    if digests:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                for digest in digests.values():
-                    digest.update(chunk)
-    got = {name: digest.hexdigest() for name, digest in digests.items()}
+    algorithms = [name for name in expected if name != "size"]
+    got = digests(path, algorithms) if algorithms else {}
     return {name: value for name, value in got.items() if value != expected[name]}
 
 
