@@ -75,15 +75,18 @@ def find_last(out_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def in_run(path: Path) -> Path:
+    """A checkpoint file as it is; a run directory → its checkpoints/last.pt (a checkpoints
+    directory → its last.pt)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    return path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+
+
 def resolve_resume(spec: str, out_dir: Path) -> Path:
     """`last`, a run directory or a checkpoint file → the checkpoint to load."""
-    path = Path(out_dir) / "checkpoints" / "last.pt" if spec == "last" else Path(spec)
-    if path.is_dir():
-        path = (
-            path / "checkpoints" / "last.pt"
-            if (path / "checkpoints").is_dir()
-            else path / "last.pt"
-        )
+    path = in_run(Path(out_dir) / "checkpoints" / "last.pt" if spec == "last" else Path(spec))
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
     return path

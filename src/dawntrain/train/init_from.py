@@ -33,13 +33,7 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_path(spec: str) -> Path:
     """A .pt file, or a run directory (its checkpoints/last.pt)."""
-    path = Path(spec)
-    if path.is_dir():
-        path = (
-            path / "checkpoints" / "last.pt"
-            if (path / "checkpoints").is_dir()
-            else path / "last.pt"
-        )
+    path = checkpoint.in_run(Path(spec))
     if not path.is_file():
         raise CheckpointError(
             f"--init-from {spec}: {path} does not exist; give a checkpoint (.pt) or a run "
