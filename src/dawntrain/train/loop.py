@@ -341,42 +341,41 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
     if run.lookahead is None and run.splits.test_images is None and not c.tta_level:
         return final
     x, y = run.test_set()
-    result = run.evaluate(x, y)
-    final.update(test_loss=result["loss"], test_acc=result["acc"])
-    line = f"test loss {result['loss']:.4f}  test acc {result['acc']:.4f}"
-    if c.tta_level:
-        tta = run.evaluate(x, y, c.tta_level)
-        final.update(test_loss_tta=tta["loss"], test_acc_tta=tta["acc"])
-        line += f"  with TTA (level {c.tta_level}) {tta['acc']:.4f}"
-    state.say(line)
-    if run.ema is not None:
-        ema = ema_metrics(run, "test", x, y, c.tta_level)
-        final.update(ema)
-        line = (
-            f"EMA weights: test loss {ema['ema_test_loss']:.4f}  test acc {ema['ema_test_acc']:.4f}"
-        )
+    for ema in (False, True) if run.ema is not None else (False,):
+        metrics = split_metrics(run, "test", x, y, c.tta_level, ema)
+        final.update(metrics)
+        name = "ema_test" if ema else "test"
+        line = f"test loss {metrics[f'{name}_loss']:.4f}  test acc {metrics[f'{name}_acc']:.4f}"
         if c.tta_level:
-            line += f"  with TTA (level {c.tta_level}) {ema['ema_test_acc_tta']:.4f}"
-        state.say(line)
+            line += f"  with TTA (level {c.tta_level}) {metrics[f'{name}_acc_tta']:.4f}"
+        state.say(f"EMA weights: {line}" if ema else line)
     if run.lookahead is not None:
         save(run, state)  # last.pt holds the weights that were evaluated
     return final
 
 
-def ema_metrics(run: Run, split: str, x=None, y=None, tta_level: int = 0) -> dict[str, Any]:
-    """ema_{split}_loss and ema_{split}_acc of the run's EMA of the weights on (x, y) (None when
-    x is None: not evaluated), plus their _tta pair with `tta_level`; {} for a run without EMA."""
+def split_metrics(
+    run: Run, split: str, x: torch.Tensor, y: torch.Tensor, tta_level: int = 0, ema: bool = False
+) -> dict[str, Any]:
+    """{split}_loss and {split}_acc of the weights (`ema`: of their EMA, named ema_{split}_...)
+    on (x, y), then their _tta pair with `tta_level`."""
+    name = f"ema_{split}" if ema else split
+    plain = run.evaluate(x, y, ema=ema)
+    out = {f"{name}_loss": plain["loss"], f"{name}_acc": plain["acc"]}
+    if tta_level:
+        tta = run.evaluate(x, y, tta_level, ema=ema)
+        out.update({f"{name}_loss_tta": tta["loss"], f"{name}_acc_tta": tta["acc"]})
+    return out
+
+
+def ema_metrics(run: Run, split: str, x=None, y=None) -> dict[str, Any]:
+    """The EMA's split_metrics on (x, y); its names with None where x is None (not evaluated);
+    {} for a run without EMA."""
     if run.ema is None:
         return {}
-    names = (f"ema_{split}_loss", f"ema_{split}_acc")
     if x is None:
-        return dict.fromkeys(names)
-    plain = run.evaluate(x, y, ema=True)
-    out = dict(zip(names, (plain["loss"], plain["acc"])))
-    if tta_level:
-        tta = run.evaluate(x, y, tta_level, ema=True)
-        out.update({names[0] + "_tta": tta["loss"], names[1] + "_tta": tta["acc"]})
-    return out
+        return dict.fromkeys((f"ema_{split}_loss", f"ema_{split}_acc"))
+    return split_metrics(run, split, x, y, ema=True)
 
 
 def check_finite(stats: StepStats, steps: int, on_nonfinite: str = "stop") -> None:
