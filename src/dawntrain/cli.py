@@ -20,7 +20,7 @@ from dawntrain.files import atomic_write
 
 EXAMPLES = """examples:
   dawntrain train --preset fast --data sample --epochs 4 --out runs/quick
-  dawntrain eval --checkpoint runs/quick/checkpoints/last.pt
+  dawntrain eval --checkpoint runs/quick --tta
   dawntrain report runs/quick            # runs/quick/report.html
   dawntrain train --resume runs/quick     # continue an interrupted run under its own config
   dawntrain train --init-from runs/quick --preset fast --data D --epochs 6   # fine-tune
@@ -112,6 +112,9 @@ def _resolve(args: argparse.Namespace, base: dict | None = None, **extra):
         **extra,
     }
     return config.resolve(args.preset or "davidnet", args.config, args.set, overrides, base)
+
+
+CHECKPOINT_HELP = "a .pt file, a run directory (its last.pt), or RUN/best (its best.pt)"
 
 
 def runs_with_checkpoints(root: Path = Path("runs")) -> list[Path]:
@@ -522,6 +525,8 @@ def cmd_probe_lr(args: argparse.Namespace) -> int:
     from dawntrain.train import checkpoint
 
     # A checkpoint alone: probe with the config it was trained with.
+    if args.checkpoint:
+        args.checkpoint = checkpoint.in_run(args.checkpoint)
     own = args.checkpoint and args.preset is None and args.config is None
     cfg = _resolve(args, base=checkpoint.load(args.checkpoint)["config"] if own else None)
     result = probe_lr(cfg, args.checkpoint, args.batches)
@@ -656,7 +661,7 @@ def _model_parsers(sub) -> None:
     p.set_defaults(func=cmd_presets)
 
     p = _command(sub, "eval", "test loss, top-1 and top-5 accuracy of a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", help="evaluate on this source instead of the run's")
     _device_option(p)
     p.add_argument(
@@ -863,13 +868,17 @@ def _use_parsers(sub) -> None:
     p.set_defaults(func=cmd_report)
     p = _command(sub, "probe-lr", "the locally best step α* beside the schedule's lr")
     _add_config_options(p)
-    p.add_argument("--checkpoint", type=Path, help="probe these weights (default: the init)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="probe these weights (default: the init); " + CHECKPOINT_HELP,
+    )
     p.add_argument("--batches", type=int, default=4, help="training batches to probe")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_probe_lr)
     p = _command(sub, "predict", "class probabilities of image files")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="files or directories")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--tta", action="store_true", help="average the run's test-time views")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -877,7 +886,7 @@ def _use_parsers(sub) -> None:
     _weights_option(p)
     p.set_defaults(func=cmd_predict)
     p = _command(sub, "export", "weights for use outside dawntrain, plus F.json")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt file of a run")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     p.add_argument(
         "--format",
         choices=["safetensors", "onnx", "torchscript"],

@@ -13,7 +13,7 @@ from dawntrain.errors import ConfigError
 from dawntrain.train import fit
 from dawntrain.train.best import mode_of
 from dawntrain.train.callbacks import Callback
-from dawntrain.train.checkpoint import load, prune
+from dawntrain.train.checkpoint import in_run, load, prune
 from synthetic import image_folder, tiny_dataset
 
 
@@ -113,6 +113,21 @@ def test_eval_of_best_pt_gives_the_best_epochs_value(tmp_path, monkeypatch, caps
     # Validation is the test split here, so eval on best.pt measures what the best epoch did.
     assert main(["eval", "--checkpoint", str(run / best["checkpoint"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(best["value"], rel=1e-6)
+    # The shorthand RUN/best names the same file; RUN alone names last.pt.
+    assert main(["eval", "--checkpoint", str(run / "best"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(best["value"], rel=1e-6)
+    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(
+        summary(run)["final"]["val_loss"], rel=1e-6
+    )
+
+
+def test_in_run_names(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    assert in_run(tmp_path) == tmp_path / "checkpoints" / "last.pt"
+    assert in_run(tmp_path / "best") == tmp_path / "checkpoints" / "best.pt"
+    assert in_run(tmp_path / "last") == tmp_path / "checkpoints" / "last.pt"
+    assert in_run(tmp_path / "x.pt") == tmp_path / "x.pt"
 
 
 def test_pruning_never_deletes_last_or_best(tmp_path):

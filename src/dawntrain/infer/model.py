@@ -77,9 +77,10 @@ class TrainedModel:
 
 def load_model(path: Path, device: str = "auto", weights: str = "raw") -> TrainedModel:
     """The checkpoint's model with its trained weights (`raw`) or their EMA (`ema`, which only
-    a run with `ema` > 0 stored)."""
+    a run with `ema` > 0 stored). `path`: a .pt file, a run directory (its last.pt), RUN/best."""
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    path = checkpoint.in_run(path)
     state = checkpoint.load(path)
     config = apply(Config(), state["config"], f"checkpoint {path}")
     if weights == "ema" and "ema" not in state:

@@ -77,8 +77,11 @@ def find_last(out_dir: Path) -> Path | None:
 
 def in_run(path: Path) -> Path:
     """A checkpoint file as it is; a run directory → its checkpoints/last.pt (a checkpoints
-    directory → its last.pt)."""
+    directory → its last.pt); RUN/last or RUN/best → RUN/checkpoints/last.pt or best.pt, the
+    names `--resume last` and `--best-metric` give them."""
     path = Path(path)
+    if path.name in ("last", "best") and not path.exists() and path.parent.is_dir():
+        return in_run(path.parent).with_name(f"{path.name}.pt")
     if not path.is_dir():
         return path
     return path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
