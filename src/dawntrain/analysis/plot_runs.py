@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from dawntrain.analysis import plots
 from dawntrain.analysis.plots import run_metrics, save
@@ -51,9 +52,9 @@ def run_steps(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / STEPS_FILE
     if not path.is_file():
         raise DataError(
-            f"{path} does not exist: a run writes steps.jsonl (the loss and each parameter "
-            "group's lr every loss_every_steps steps, 5 by default) since that option exists; "
-            "train with --set loss_every_steps=N (N > 0) to record them"
+            f"{path} does not exist: steps.jsonl (the loss and each parameter group's lr every "
+            "loss_every_steps steps, 5 by default) is written by runs trained since that option "
+            "came, unless it is 0; train with --set loss_every_steps=N (N > 0) to record them"
         )
     records = read_steps(path)
     if not records:
@@ -201,6 +202,7 @@ def figure_curves_of_runs(runs: list[RunData]) -> Figure:
     for ax, title in zip(axes, ("loss", "accuracy", "lr (schedule value at the end of the epoch)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles = [
         Line2D([], [], color=color(i), lw=1.5, label=run.label) for i, run in enumerate(runs)
@@ -249,6 +251,7 @@ def mark_epochs(ax, records: list[dict[str, Any]]) -> None:
     top.set_xticks([(starts[e] + ends[e]) / 2 for e in shown], [str(e) for e in shown])
     top.tick_params(length=0, labelsize=8)
     top.set_xlabel("epoch", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps
 
 
 def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -333,8 +336,8 @@ def figure_rates(run: RunData) -> Figure:
         ax.set_yscale("log")
     mark_epochs(ax, run.steps)
     convention = run.config.get("convention", "")
-    unit = {"original": "lr / batch (original convention)", "per_example": "per example"}
-    ax.set_ylabel(f"optimizer lr{f', {unit[convention]}' if convention in unit else ''}")
+    unit = {"original": " (original convention: lr / batch)", "per_example": " (per example)"}
+    ax.set_ylabel(f"optimizer lr{unit.get(convention, '')}")
     ax.set_xlabel("step")
     ax.set_title(f"{run.label}: the lr each parameter group stepped with", fontsize=10)
     ax.grid(alpha=0.3, which="both" if log else "major")

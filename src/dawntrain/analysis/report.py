@@ -115,8 +115,9 @@ def training_pictures(run_dir: Path) -> list[str]:
         ]
     return parts + [
         "<h2>Training loss per step</h2>",
-        "<p>The training loss of each recorded step (the mean over the steps since the record "
-        "before it), light, and its moving mean, bold; dotted lines separate the epochs.</p>",
+        "<p>The training loss at each recorded step (the mean over the steps since the record "
+        "before it); over many records, light, with their moving mean in bold. Dotted lines "
+        "separate the epochs.</p>",
         _img(png_bytes(figure_steps([run])), "training loss per step"),
         "<h2>Learning rates per group</h2>",
         "<p>The learning rate each parameter group's update used at each recorded step, as the "
