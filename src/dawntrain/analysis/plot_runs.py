@@ -152,7 +152,11 @@ def figure_time(runs: list[RunData]) -> Figure:
     ax.set_xlim(left=0)
     ax.set_title("accuracy against training time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if len(runs) == 1:
+        ax.legend(fontsize=8, loc="best")
+    else:  # beside the axes: several runs' entries would cover their lines
+        fig.legend(fontsize=8, loc="outside right upper")
+        fig.set_figwidth(fig.get_figwidth() + 3)
     return fig
 
 
