@@ -496,8 +496,12 @@ def _plot_target(args: argparse.Namespace, name: str):
 def cmd_plot(args: argparse.Namespace) -> int:
     from dawntrain.analysis import plot_runs, plots
 
-    run_plots = {"curves": plot_runs.plot_curves, "time": plot_runs.plot_time}
-    run_plots.update(steps=plot_runs.plot_steps, rates=plot_runs.plot_rates)
+    run_plots = {
+        "curves": plot_runs.plot_curves,
+        "time": plot_runs.plot_time,
+        "steps": plot_runs.plot_steps,
+        "rates": plot_runs.plot_rates,
+    }
     if args.plot in run_plots:
         path = run_plots[args.plot](args.run, args.out)
     elif args.plot == "confusion":
@@ -839,7 +843,8 @@ def _plot_parsers(sub) -> None:
         p = _command(plot_sub, name, what)
         p.add_argument("run", type=Path, metavar="RUN", nargs="+" if several else None,
                        help="run directories, overlaid" if several else "a run directory")  # fmt: skip
-        p.add_argument("--out", type=Path, help=f"default RUN/{name}.png (the first RUN's)")
+        first = " (the first RUN's)" if several else ""
+        p.add_argument("--out", type=Path, help=f"default RUN/{name}.png{first}")
         p.set_defaults(func=cmd_plot)
     p = _command(plot_sub, "confusion", "confusion matrix, per-class accuracy of last.pt")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
