@@ -58,3 +58,11 @@ def test_a_short_run_trains_and_eval_prints_what_the_summary_says(tmp_path, prec
     assert math.isfinite(summary["train_loss"]) and summary["test_acc"] > 0.5
     result = evaluate_checkpoint(tmp_path / "checkpoints" / "last.pt", device="cuda")
     assert result["tta"]["acc"] == summary["test_acc_tta"]
+    # steps.jsonl, copied back from the GPU without a sync: 3 steps an epoch, recorded every 5
+    # and at each epoch's last, so each record's window is its whole epoch.
+    records = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    assert [r["loss"] for r in records] == [m["train_loss"] for m in metrics]
+    assert [r["acc"] for r in records] == [m["train_acc"] for m in metrics]
+    assert 0 < records[0]["time"] < records[1]["time"]

@@ -497,10 +497,16 @@ def _plot_target(args: argparse.Namespace, name: str):
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from dawntrain.analysis import plots
+    from dawntrain.analysis import plot_runs, plots
 
-    if args.plot == "curves":
-        path = plots.plot_curves(args.run, args.out)
+    run_plots = {
+        "curves": plot_runs.plot_curves,
+        "time": plot_runs.plot_time,
+        "steps": plot_runs.plot_steps,
+        "rates": plot_runs.plot_rates,
+    }
+    if args.plot in run_plots:
+        path = run_plots[args.plot](args.run, args.out)
     elif args.plot == "confusion":
         path = plots.plot_confusion(args.run, args.out, args.data, args.device or "auto")
     elif args.plot == "lr":
@@ -833,10 +839,18 @@ def _data_download_and_cache_parsers(data_sub) -> None:
 def _plot_parsers(sub) -> None:
     plot = _command(sub, "plot", "figures of a run or a recipe, saved as PNG")
     plot_sub = plot.add_subparsers(dest="plot", required=True)
-    p = _command(plot_sub, "curves", "loss, accuracy, lr per epoch (RUN/curves.png)")
-    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
-    p.add_argument("--out", type=Path, help="default RUN/curves.png")
-    p.set_defaults(func=cmd_plot)
+    for name, what, several in (
+        ("curves", "loss, accuracy, lr per epoch; several runs overlaid, with their mean", True),
+        ("time", "validation and test accuracy against training time", True),
+        ("steps", "training loss per step (RUN/steps.jsonl)", True),
+        ("rates", "the lr each parameter group stepped with, per step", False),
+    ):
+        p = _command(plot_sub, name, what)
+        p.add_argument("run", type=Path, metavar="RUN", nargs="+" if several else None,
+                       help="run directories, overlaid" if several else "a run directory")  # fmt: skip
+        first = " (the first RUN's)" if several else ""
+        p.add_argument("--out", type=Path, help=f"default RUN/{name}.png{first}")
+        p.set_defaults(func=cmd_plot)
     p = _command(plot_sub, "confusion", "confusion matrix, per-class accuracy of last.pt")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
     p.add_argument("--out", type=Path, help="default RUN/confusion.png")

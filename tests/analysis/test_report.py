@@ -45,10 +45,13 @@ def test_the_page_holds_everything_and_needs_nothing_else(run):
     page = run.page
     for heading in ("Final metrics", "Timings", "Hardware", "Training curves", "Config"):
         assert heading in page
+    for heading in ("Accuracy against time", "Training loss per step", "Learning rates per group"):
+        assert f"<h2>{heading}</h2>" in page
     assert "preset = &quot;davidnet&quot;" in page  # the config, escaped
     assert page.count("<tr>") >= 2 + 1  # the metrics table: header and one row per epoch
     sources = image_sources(page)
-    assert len(sources) == 3  # curves, confusion matrix, prediction grid
+    # Curves, accuracy against time, loss per step, rates, confusion matrix, prediction grid.
+    assert len(sources) == 6
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
@@ -63,7 +66,7 @@ def test_cli_rewrites_it_from_the_cached_predictions(run, capsys):
     (run.out / "report.html").unlink()
     assert main(["report", str(run.out)]) == 0  # no data given: predictions.npz answers
     assert "report.html" in capsys.readouterr().out
-    assert len(image_sources((run.out / "report.html").read_text())) == 3
+    assert len(image_sources((run.out / "report.html").read_text())) == 6
 
 
 def test_a_run_without_checkpoint_still_gets_a_page(run, tmp_path):
@@ -73,7 +76,8 @@ def test_a_run_without_checkpoint_still_gets_a_page(run, tmp_path):
         shutil.copy(run.out / name, partial / name)
     page = write_report(partial).read_text()
     assert "the run has not finished" in page and "no test predictions" in page
-    assert len(image_sources(page)) == 1  # the curves
+    assert "steps.jsonl does not exist" in page and "--set loss_every_steps=N" in page
+    assert len(image_sources(page)) == 2  # the curves, accuracy against time
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
@@ -114,7 +118,7 @@ def test_headless_chromium_renders_it_with_every_image(run, tmp_path):
     )
     probe.write_text(run.page.replace("</body>", script + "</body>"))
     dom = chromium("--dump-dom", "--virtual-time-budget=5000", probe.as_uri(), profile="b")
-    assert "<title>images 3 3</title>" in dom.stdout
+    assert "<title>images 6 6</title>" in dom.stdout
 
 
 def test_tensorboard_logger_without_tensorboard_says_what_to_install(tmp_path, monkeypatch):

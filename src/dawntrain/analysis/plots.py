@@ -40,7 +40,8 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN/metrics.jsonl's epochs; DataError where the file is missing or empty."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise DataError(f"{path} does not exist; pass a run directory written by `dawntrain train`")
@@ -100,7 +101,7 @@ def figure_curves(metrics: list[dict[str, Any]], title: str = "") -> Figure:
 def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     """RUN/metrics.jsonl as curves.png (default inside RUN)."""
     run_dir = Path(run_dir)
-    fig = figure_curves(_metrics(run_dir), title=run_dir.name)
+    fig = figure_curves(run_metrics(run_dir), title=run_dir.name)
     return save(fig, out or run_dir / "curves.png")
 
 

@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from dawntrain.analysis.plot_runs import (
+    figure_rates,
+    figure_steps,
+    figure_time,
+    load_run,
+    run_steps,
+)
 from dawntrain.analysis.plots import (
     figure_confusion,
     figure_curves,
@@ -80,6 +87,45 @@ def timings(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str,
     return out
 
 
+def training_pictures(run_dir: Path) -> list[str]:
+    """Accuracy against time (metrics.jsonl), the loss per step and the rates per parameter
+    group (steps.jsonl): each a heading, a one-line caption and the picture, or a note saying
+    what is missing."""
+    run = load_run(run_dir, metrics=False)
+    parts = ["<h2>Accuracy against time</h2>"]
+    try:
+        picture = _img(png_bytes(figure_time([run])), "accuracy against time")
+    except DataError as e:
+        parts.append(_note(str(e) if run.metrics else "no epoch finished yet"))
+    else:
+        parts += [
+            "<p>Validation accuracy after each validated epoch against the run's cumulative "
+            "training time (validation included, data loading not); the star is the final test "
+            "accuracy, the diamond with test-time augmentation.</p>",
+            picture,
+        ]
+    try:
+        run.steps = run_steps(run_dir)
+    except DataError as e:
+        return parts + [
+            "<h2>Training loss per step</h2>",
+            _note(str(e)),
+            "<h2>Learning rates per group</h2>",
+            _note("no steps.jsonl: the rates per step are recorded with the loss (see above)"),
+        ]
+    return parts + [
+        "<h2>Training loss per step</h2>",
+        "<p>The training loss at each recorded step (the mean over the steps since the record "
+        "before it); over many records, light, with their moving mean in bold. Dotted lines "
+        "separate the epochs.</p>",
+        _img(png_bytes(figure_steps([run])), "training loss per step"),
+        "<h2>Learning rates per group</h2>",
+        "<p>The learning rate each parameter group's update used at each recorded step, as the "
+        "optimizer held it; groups whose rates are the same all along share a line.</p>",
+        _img(png_bytes(figure_rates(run)), "learning rates per group"),
+    ]
+
+
 def figure_predictions(predictions: dict[str, np.ndarray]):
     """Right (green) and wrong (red) test images: predicted class, its probability, truth."""
     # Tiny ImageNet's class names run long ("goldfish, Carassius auratus"): keep the head.
@@ -125,6 +171,7 @@ def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
         parts.append(_img(png_bytes(figure_curves(metrics)), "training curves"))
     else:
         parts.append(_note("no epoch finished yet"))
+    parts += training_pictures(run_dir)
     parts.append("<h2>Test set: confusion matrix and predictions</h2>")
     try:
         predictions = run_predictions(run_dir, data, device)

@@ -21,6 +21,8 @@ from tqdm import tqdm
 from dawntrain.engine.evaluate import sanity_check
 from dawntrain.engine.step import StepStats
 from dawntrain.train.log import MetricsLog
+from dawntrain.train.step_records import FILE as STEPS_FILE
+from dawntrain.train.step_records import StepRecorder, group_rates
 
 if TYPE_CHECKING:
     from dawntrain.engine.build import Run
@@ -203,10 +205,44 @@ class MetricsTable(Callback):
         self.log.write(metrics)
 
 
+class StepRecords(Callback):
+    """RUN/steps.jsonl (train/step_records.py): every `every` steps of an epoch and at its last,
+    the loss and accuracy since the previous record, every parameter group's lr, the time. No
+    record makes the host wait for the device: the sums come back by asynchronous copies."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every, self.recorder = path, every, None
+
+    def on_fit_start(self, run: Run, state: LoopState) -> None:
+        # Records beyond the checkpoint a run resumes from are steps it is about to train again.
+        resumed_at = state.epoch * run.steps + state.step if state.resumed else None
+        self.recorder = StepRecorder(self.path, run.device, resumed_at)
+
+    def on_epoch_start(self, run: Run, state: LoopState) -> None:
+        self.recorder.epoch_start(state.stats.sums)
+
+    def on_step_end(self, run: Run, state: LoopState) -> None:
+        if state.step % self.every == 0 or state.step == run.steps:
+            step = state.epoch * run.steps + state.step
+            record = {"step": step, "epoch": state.epoch + 1, "lr": group_rates(run.optimizer)}
+            self.recorder.snapshot(state.stats.sums, record)
+        # Before a checkpoint every record it covers is on disk, so a resume from it misses none.
+        self.recorder.write(wait=state.checkpoint_due)
+
+    def on_epoch_end(self, run: Run, state: LoopState, metrics: dict[str, Any]) -> None:
+        self.recorder.write(wait=True)  # the loop has read the sums: nothing left to wait for
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+
 def default_callbacks(run: Run, out: Path, stream) -> list[Callback]:
     """The plug-ins the config asks for that live in train/: sanity check, checkpoints inside
     the epoch, the progress bar (a terminal) or step lines (no terminal), the optimizer's rates
-    and images/s in each epoch's metrics, the metrics log (bar, lines and log on the main rank)."""
+    and images/s in each epoch's metrics, the metrics log and steps.jsonl (bar, lines and logs
+    on the main rank)."""
     c, main = run.config, run.world.is_main
     callbacks: list[Callback] = []
     if c.sanity_check:
@@ -220,4 +256,7 @@ def default_callbacks(run: Run, out: Path, stream) -> list[Callback]:
     callbacks.append(EpochRates())
     if main:
         callbacks.append(MetricsTable(out / "metrics.jsonl", c.quiet, stream))
+    if main and c.loss_every_steps:
+        # After CheckpointEverySteps: a checkpoint due at this step is known when it records.
+        callbacks.append(StepRecords(out / STEPS_FILE, c.loss_every_steps))
     return callbacks

@@ -35,6 +35,7 @@ RESUMABLE_CHANGES = {
     "dist_timeout_s",
     "workers",
     "log_every_steps",
+    "loss_every_steps",
     "auto_resume",
     "stop_check_s",
 }
