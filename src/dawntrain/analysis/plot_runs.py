@@ -194,7 +194,11 @@ def figure_curves_of_runs(runs: list[RunData]) -> Figure:
     for i, run in enumerate(runs):
         for ax, what in zip(axes, ("loss", "acc")):
             for split, style in (("train", "-"), ("val", "--")):
-                ax.plot(*series(run.metrics, f"{split}_{what}"), style, lw=thin, color=color(i))
+                xs, ys = series(run.metrics, f"{split}_{what}")
+                # A log with gaps (the original DavidNet's gives train acc at epochs 1 and 24
+                # only) gets points: a line would draw values nobody measured.
+                gaps = len(xs) > 1 and any(b - a > 1 for a, b in zip(xs, xs[1:]))
+                ax.plot(xs, ys, "o" if gaps else style, ms=4, lw=thin, color=color(i))
         axes[2].plot(*series(run.metrics, "lr"), "-", lw=thin, color=color(i))
     means = ["black", "dimgray", "saddlebrown", "darkgreen"]
     for j, group in enumerate(groups.values()):
