@@ -509,6 +509,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = run_plots[args.plot](args.run, args.out)
     elif args.plot == "confusion":
         path = plots.plot_confusion(args.run, args.out, args.data, args.device or "auto")
+    elif args.plot in ("calibration", "confused-pairs", "mistakes"):
+        from dawntrain.analysis import plot_predictions as pp
+
+        where = (args.run, args.out, args.data, args.device or "auto")
+        if args.plot == "calibration":
+            path, ece = pp.plot_calibration(*where)
+            print(f"expected calibration error ({pp.ECE_BINS} bins): {ece:.4f}")
+        elif args.plot == "confused-pairs":
+            path = pp.plot_confused_pairs(*where, top=args.top)
+        else:
+            path = pp.plot_mistakes(*where, n=args.n)
+    elif args.plot == "filters":
+        from dawntrain.analysis.plot_model import plot_filters
+
+        path = plot_filters(args.run, args.out, args.device or "auto")
+    elif args.plot == "bench":
+        from dawntrain.analysis.plot_bench import plot_bench
+
+        path = plot_bench(args.files, args.out)
     elif args.plot == "lr":
         cfg, out = _plot_target(args, "lr")
         path = plots.plot_lr(cfg, out, args.n_train)
@@ -856,6 +875,25 @@ def _plot_parsers(sub) -> None:
     p.add_argument("--out", type=Path, help="default RUN/confusion.png")
     p.add_argument("--data", help="test on this source instead of the run's")
     _device_option(p)
+    p.set_defaults(func=cmd_plot)
+    for name, what in (
+        ("calibration", "reliability diagram, confidence of right and wrong, ECE"),
+        ("confused-pairs", "the class pairs last.pt confuses most (true → predicted)"),
+        ("mistakes", "the test images last.pt got wrong most confidently"),
+        ("filters", "last.pt's whitening filters, or its first conv's"),
+    ):
+        p = _command(plot_sub, name, f"{what} (RUN/{name}.png)")
+        p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+        p.add_argument("--out", type=Path, help=f"default RUN/{name}.png")
+        if name != "filters":
+            p.add_argument("--data", help="test on this source instead of the run's")
+        _device_option(p)
+        p.set_defaults(func=cmd_plot)
+    plot_sub.choices["confused-pairs"].add_argument("--top", type=int, default=15, help="pairs")
+    plot_sub.choices["mistakes"].add_argument("--n", type=int, default=16, help="images (≤ 32)")
+    p = _command(plot_sub, "bench", "charts of `dawntrain bench` JSON files")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE.json", help="benchmark results")
+    p.add_argument("--out", type=Path, help="default: the first FILE with .png")
     p.set_defaults(func=cmd_plot)
     recipe_run = dict(
         type=Path, nargs="?", metavar="RUN", help="a run directory: its config, output in it"

@@ -2,7 +2,9 @@
 
 import base64
 import dataclasses
+import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dawntrain.analysis.plot_predictions import expected_calibration_error
 from dawntrain.analysis.report import TensorBoardLogger, write_report
 from dawntrain.cli import main
 from dawntrain.config import resolve
@@ -31,10 +34,13 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     data = tiny_dataset(48, 3, 12, n_test=20, noise=120, step=60, class_names=["ant", "bee", "cat"])
     sets = ["width=4", "epochs=2", "batch_size=16", "image_size=12", "dropout=0.0"]
-    sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
+    sets += ["quiet=true", "precision=fp32", "device=cpu"]
     fit(dataclasses.replace(resolve("davidnet", sets=sets), out=str(out)), dataset=data)
     write_report(out, data, device="cpu")
     return SimpleNamespace(out=out, data=data, page=(out / "report.html").read_text())
+
+
+FIGURES = 10
 
 
 def image_sources(page: str) -> list[str]:
@@ -50,8 +56,9 @@ def test_the_page_holds_everything_and_needs_nothing_else(run):
     assert "preset = &quot;davidnet&quot;" in page  # the config, escaped
     assert page.count("<tr>") >= 2 + 1  # the metrics table: header and one row per epoch
     sources = image_sources(page)
-    # Curves, accuracy against time, loss per step, rates, confusion matrix, prediction grid.
-    assert len(sources) == 6
+    # curves, accuracy against time, loss per step, rates, confusion matrix, prediction grid,
+    # calibration, confused pairs, mistakes, filters
+    assert len(sources) == FIGURES
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
@@ -62,11 +69,32 @@ def test_the_page_holds_everything_and_needs_nothing_else(run):
     assert not re.search(r"(https?:|//[a-z]|<script|<link|<iframe|url\(|@import)", text)
 
 
+def test_the_prediction_and_model_sections(run):
+    page = run.page
+    for heading in (
+        "Calibration",
+        "Most-confused pairs",
+        "Most confident mistakes",
+        "Model",
+        "First-layer filters",  # DavidNet has no whitening layer: its prep conv
+    ):
+        assert f"<h2>{heading}</h2>" in page
+    with np.load(run.out / "predictions.npz") as f:
+        confidence, right = f["confidence"], f["predictions"] == f["labels"]
+    ece = expected_calibration_error(confidence, right)
+    assert f"Expected calibration error {ece:.4f} (15 bins)" in page
+    check = json.loads((run.out / "sanity_check.json").read_text())
+    assert html.escape(check["message"]) in page
+    assert "davidnet preset: 12x12 input, 3 classes" in page  # the layer table
+    assert "layer prep.conv, 4 filters of 3x3x3" in page
+    assert "+0.000 G" not in page
+
+
 def test_cli_rewrites_it_from_the_cached_predictions(run, capsys):
     (run.out / "report.html").unlink()
     assert main(["report", str(run.out)]) == 0  # no data given: predictions.npz answers
     assert "report.html" in capsys.readouterr().out
-    assert len(image_sources((run.out / "report.html").read_text())) == 6
+    assert len(image_sources((run.out / "report.html").read_text())) == FIGURES
 
 
 def test_a_run_without_checkpoint_still_gets_a_page(run, tmp_path):
@@ -76,6 +104,7 @@ def test_a_run_without_checkpoint_still_gets_a_page(run, tmp_path):
         shutil.copy(run.out / name, partial / name)
     page = write_report(partial).read_text()
     assert "the run has not finished" in page and "no test predictions" in page
+    assert "no model:" in page
     assert "steps.jsonl does not exist" in page and "--set loss_every_steps=N" in page
     assert len(image_sources(page)) == 2  # the curves, accuracy against time
 
@@ -118,7 +147,7 @@ def test_headless_chromium_renders_it_with_every_image(run, tmp_path):
     )
     probe.write_text(run.page.replace("</body>", script + "</body>"))
     dom = chromium("--dump-dom", "--virtual-time-budget=5000", probe.as_uri(), profile="b")
-    assert "<title>images 6 6</title>" in dom.stdout
+    assert f"<title>images {FIGURES} {FIGURES}</title>" in dom.stdout
 
 
 def test_tensorboard_logger_without_tensorboard_says_what_to_install(tmp_path, monkeypatch):

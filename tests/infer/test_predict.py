@@ -15,7 +15,13 @@ from dawntrain.config import resolve
 from dawntrain.engine.evaluate import evaluate, tta_logits
 from dawntrain.errors import DataError
 from dawntrain.infer.model import TrainedModel, load_model
-from dawntrain.infer.predict import predict, run_predictions
+from dawntrain.infer.predict import (
+    MISTAKES_KEPT,
+    PREDICTIONS_FILE,
+    most_confident_mistakes,
+    predict,
+    run_predictions,
+)
 from dawntrain.train import fit
 from synthetic import tiny_dataset as _tiny_dataset
 
@@ -103,6 +109,54 @@ def test_run_predictions_match_evaluate_and_are_cached(run, monkeypatch):
     other.test_labels = run.data.test_labels[:10]
     with pytest.raises(AssertionError, match="cache"):
         run_predictions(run.out, other, device="cpu")
+
+
+def test_most_confident_mistakes_order_by_confidence_then_index():
+    predictions = np.array([1, 0, 2, 2, 0, 1, 1])
+    labels = np.array([1, 1, 0, 2, 2, 0, 0])
+    confidence = np.array([0.99, 0.5, 0.9, 0.8, 0.9, 0.3, 0.95], dtype=np.float32)
+    # Wrong: 1 (0.5), 2 (0.9), 4 (0.9), 5 (0.3), 6 (0.95); 2 and 4 tie, the lower index first.
+    np.testing.assert_array_equal(
+        most_confident_mistakes(predictions, labels, confidence, 4), [6, 2, 4, 1]
+    )
+    assert most_confident_mistakes(predictions, predictions, confidence, 4).size == 0
+
+
+def test_run_predictions_keep_the_most_confident_mistakes(run):
+    result = run_predictions(run.out, run.data, device="cpu")
+    t = load_model(run.ckpt, "cpu")
+    x = torch.as_tensor(run.data.test_images)
+    y = torch.as_tensor(run.data.test_labels).long()
+    probs = evaluate(
+        t.model, x, y, t.normalizer, 1024, "fp32", t.config.channels_last,
+        tta_level=t.config.tta_level, probabilities=True,
+    )["probabilities"]  # fmt: skip
+    labels = run.data.test_labels
+    np.testing.assert_allclose(
+        result["true_probability"], probs[np.arange(len(labels)), labels], rtol=1e-5, atol=1e-6
+    )
+    # Reference: every wrong index, sorted by (confidence high to low, index).
+    wrong = [i for i in range(len(labels)) if result["predictions"][i] != labels[i]]
+    expected = sorted(wrong, key=lambda i: (-result["confidence"][i], i))[:MISTAKES_KEPT]
+    assert len(expected) > 0  # one epoch of a tiny model: plenty of mistakes
+    np.testing.assert_array_equal(result["mistake_index"], expected)
+    np.testing.assert_array_equal(result["mistake_images"], run.data.test_images[expected])
+
+
+def test_a_cache_in_the_old_layout_is_recomputed(run):
+    """predictions.npz written before the mistake arrays existed (its key had no format
+    version): it must be recomputed, not read and found without them."""
+    new = run_predictions(run.out, run.data, device="cpu")
+    stat = run.ckpt.stat()
+    old_key = f"{stat.st_size}:{stat.st_mtime_ns}:" + str(new["key"]).rsplit(":", 1)[1]
+    old = {k: new[k] for k in ("predictions", "labels", "confidence", "class_names")}
+    np.savez(run.out / PREDICTIONS_FILE, **old, key=np.array(old_key))
+    again = run_predictions(run.out, run.data, device="cpu")
+    np.testing.assert_array_equal(again["mistake_index"], new["mistake_index"])
+    with np.load(run.out / PREDICTIONS_FILE) as f:
+        assert "mistake_images" in f.files and str(f["key"]) == str(new["key"])
+    # Without data, the old cache would have answered by its checkpoint prefix alone.
+    assert str(new["key"]).startswith("v2:") and not old_key.startswith("v2:")
 
 
 def test_cli_prints_a_table_or_json_and_fails_in_one_line(run, tmp_path, capsys):

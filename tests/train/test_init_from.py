@@ -118,4 +118,5 @@ def test_fine_tuning_a_folder_of_other_classes_through_the_cli(
     out = capsys.readouterr().out
     assert f"every layer but the classifier head ({HEAD})" in out and "4 classes" in out
     assert "sanity check" not in out  # a trained body is no untrained model
+    assert not (tmp_path / "run" / "sanity_check.json").exists()
     assert f'init_from = "{source}"' in (tmp_path / "run" / "config.toml").read_text()

@@ -1,7 +1,8 @@
 """RUN/report.html: one self-contained page per run; TensorBoard scalars for those who want them.
 
-The page holds config, hardware, timings, the metrics table, the curves, the confusion matrix
-and a grid of test predictions. Figures are inlined as base64 PNG data URIs and the style sheet
+The page holds config, hardware, timings, the metrics table, the curves, the confusion matrix,
+a grid of test predictions, calibration, the most-confused pairs, the most confident mistakes,
+the model (sanity check, layer table, FLOPs) and its first layer's filters. Figures are inlined as base64 PNG data URIs and the style sheet
 is inline: the file can be mailed or archived alone and opens offline.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dawntrain.analysis.plot_model import model_report
+from dawntrain.analysis.plot_predictions import report_figures
 from dawntrain.analysis.plot_runs import (
     figure_rates,
     figure_steps,
@@ -141,10 +144,64 @@ def figure_predictions(predictions: dict[str, np.ndarray]):
     return figure_grid(predictions["grid_images"], titles, colors)
 
 
-def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
-    """The report page of a run directory, as HTML text."""
+def _figure(heading: str, caption: str, fig) -> list[str]:
+    return [
+        f"<h2>{html.escape(heading)}</h2>",
+        f"<p>{html.escape(caption)}</p>",
+        _img(png_bytes(fig), heading),
+    ]
+
+
+def predictions_sections(run_dir: Path, data=None, device: str = "auto") -> list[str]:
+    """Confusion matrix, a grid of predictions, calibration, confused pairs and the most
+    confident mistakes of last.pt on the test set; a note where there are no predictions."""
     from dawntrain.infer.predict import run_predictions
 
+    parts = ["<h2>Test set: confusion matrix and predictions</h2>"]
+    try:
+        predictions = run_predictions(run_dir, data, device)
+    except DawntrainError as e:
+        return parts + [_note(f"no test predictions: {e}")]
+    parts += [
+        f"<p>test set: {html.escape(str(predictions['source']))}</p>",
+        _img(png_bytes(figure_confusion(predictions)), "confusion matrix"),
+        "<p>Random right (green) and wrong (red) test images: predicted class and its "
+        "probability; under a wrong one, the true class.</p>",
+        _img(png_bytes(figure_predictions(predictions)), "test predictions"),
+    ]
+    for heading, caption, fig in report_figures(predictions):
+        parts += _figure(heading, caption, fig)
+    return parts
+
+
+def model_sections(run_dir: Path, device: str = "auto") -> list[str]:
+    """The Model section (the untrained model's sanity check, the layer table, FLOPs) and the
+    first layer's filters; a note where last.pt cannot be read."""
+    parts = ["<h2>Model</h2>"]
+    try:
+        model = model_report(run_dir, device)
+    except DawntrainError as e:
+        return parts + [_note(f"no model: {e}")]
+    check = model["sanity_check"]
+    if check is None:
+        parts.append(_note("sanity check: not recorded (no sanity_check.json in the run)"))
+    else:
+        line = html.escape(check["message"])
+        parts.append(
+            f'<p class="note">{line}</p>' if check["far_from_chance"] else f"<p>{line}</p>"
+        )
+    parts += [
+        "<p>Forward FLOPs per image (a multiply-add counts 2; analysis/flop_count.py):</p>",
+        _pairs(model["flops"]),
+        "<p>Layers in call order: output shape per image, parameters, FLOPs of convolutions "
+        "and linear layers.</p>",
+        f"<pre>{html.escape(model['summary'])}</pre>",
+    ]
+    return parts + _figure(model["filters_heading"], model["filters_caption"], model["filters"])
+
+
+def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
+    """The report page of a run directory, as HTML text."""
     run_dir = Path(run_dir)
     config_path, metrics_path = run_dir / "config.toml", run_dir / "metrics.jsonl"
     summary_path = run_dir / "summary.json"
@@ -172,19 +229,8 @@ def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
     else:
         parts.append(_note("no epoch finished yet"))
     parts += training_pictures(run_dir)
-    parts.append("<h2>Test set: confusion matrix and predictions</h2>")
-    try:
-        predictions = run_predictions(run_dir, data, device)
-    except DawntrainError as e:
-        parts.append(_note(f"no test predictions: {e}"))
-    else:
-        parts += [
-            f"<p>test set: {html.escape(str(predictions['source']))}</p>",
-            _img(png_bytes(figure_confusion(predictions)), "confusion matrix"),
-            "<p>Random right (green) and wrong (red) test images: predicted class and its "
-            "probability; under a wrong one, the true class.</p>",
-            _img(png_bytes(figure_predictions(predictions)), "test predictions"),
-        ]
+    parts += predictions_sections(run_dir, data, device)
+    parts += model_sections(run_dir, device)
     parts += [
         "<h2>Metrics per epoch</h2>",
         _table(metrics) if metrics else _note("no epoch finished yet"),

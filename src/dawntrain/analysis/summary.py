@@ -46,8 +46,18 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Laye
     return rows
 
 
+def format_flops(n: int) -> str:
+    """FLOPs in a unit that keeps their digits: 0.291 G, 2.36 M, 740.5 k (a fixed "G" printed
+    the fast network's elementwise 0.0024 G as 0.000 G)."""
+    if n >= 1e8:
+        return f"{n / 1e9:.3f} G"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    return f"{n / 1e3:.1f} k" if n >= 1e3 else str(int(n))
+
+
 def _flops(n: int) -> str:
-    return "" if not n else f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+    return format_flops(n) if n else ""
 
 
 def format_summary(model: nn.Module, input_shape: tuple[int, int, int], title: str = "") -> str:
@@ -82,8 +92,9 @@ def format_summary(model: nn.Module, input_shape: tuple[int, int, int], title: s
         f"Total params: {trainable + frozen + buffers:,}",
         f"Trainable params: {trainable:,}",
         f"Non-trainable params: {frozen + buffers:,} (frozen parameters and BatchNorm statistics)",
-        f"Forward FLOPs per image: {total_flops / 1e9:.3f} G in convolutions and linear layers "
-        f"(+{elementwise_flops(model, input_shape) / 1e9:.3f} G elementwise); training ~3x",
+        f"Forward FLOPs per image: {format_flops(total_flops)} in convolutions and linear "
+        f"layers (+{format_flops(elementwise_flops(model, input_shape))} elementwise); "
+        "training ~3x",
         line,
     ]
     return "\n".join(out)

@@ -99,7 +99,17 @@ def evaluate(
 
 @torch.no_grad()
 def sanity_check(model, images, labels, normalizer, precision, num_classes, channels_last) -> str:
+    """The line `untrained_check` says (its `message`)."""
+    return untrained_check(
+        model, images, labels, normalizer, precision, num_classes, channels_last
+    )["message"]
+
+
+def untrained_check(
+    model, images, labels, normalizer, precision, num_classes, channels_last
+) -> dict[str, Any]:
     """Evaluate the untrained model on a few batches: its accuracy should be about chance.
+    Returns accuracy, loss, the chance figures, images, far_from_chance and the message line.
 
     BatchNorm uses batch statistics (its running averages are still the init's 0 and 1, which
     would blow activations up through the residual sums); the model's state is restored after.
@@ -132,6 +142,15 @@ def sanity_check(model, images, labels, normalizer, precision, num_classes, chan
     )
     # Far off chance before training means labels, data or model are broken (or the set is tiny).
     far = abs(acc - chance) > max(0.1, 3 * math.sqrt(chance * (1 - chance) / n))
-    if far or loss > 3 * math.log(num_classes):
+    warn = far or loss > 3 * math.log(num_classes)
+    if warn:
         message = "WARNING: " + message + " — far from chance: check labels, preprocessing and init"
-    return message
+    return {
+        "accuracy": acc,
+        "loss": loss,
+        "chance_accuracy": chance,
+        "chance_loss": math.log(num_classes),
+        "images": len(pick),
+        "far_from_chance": bool(warn),
+        "message": message,
+    }

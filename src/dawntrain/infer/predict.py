@@ -3,7 +3,7 @@
 `predict` reads any image Pillow opens, converts it to RGB and resizes it to the size the model
 trained on, saying so in the result's notes. `run_predictions` evaluates RUN/checkpoints/last.pt on
 the run's test set once and caches predictions, labels and confidences in RUN/predictions.npz,
-which the confusion plot and the report share.
+which the confusion, calibration and mistakes plots and the report share.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from dawntrain.infer.model import input_size, load_model
 PREDICTIONS_FILE = "predictions.npz"
 # Test images kept in predictions.npz for the report's grid: this many right and as many wrong.
 GRID_PER_KIND = 16
+# The most confident wrong test images kept in predictions.npz, for the mistakes figure.
+MISTAKES_KEPT = 32
+# Part of the cache key: a cache written in an older layout (without the arrays added since)
+# never matches and is recomputed.
+CACHE_FORMAT = "v2"
 
 
 # ------------------------------------------------------------------------------ image files
@@ -139,6 +144,16 @@ def _data_hash(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()[:24]
 
 
+def most_confident_mistakes(
+    predictions: np.ndarray, labels: np.ndarray, confidence: np.ndarray, k: int
+) -> np.ndarray:
+    """Indices of the (up to) k wrong predictions of highest confidence, most confident first;
+    equal confidences in index order, so the pick is the same on every call."""
+    wrong = np.flatnonzero(predictions != labels)
+    order = np.argsort(-confidence[wrong], kind="stable")
+    return wrong[order[:k]].astype(np.int64)
+
+
 def _cached(cache: Path, prefix: str) -> dict[str, np.ndarray] | None:
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as f:
@@ -156,15 +171,17 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     with its TTA level, so the accuracy is the run's final test accuracy. `data`: a source for
     `dawntrain.data.load`, an object with test_images/test_labels/class_names, or None for the
     run's own source. Returns arrays: predictions, labels, confidence (probability of the
-    predicted class), class_names, tta_level, source, and grid_index/grid_images: up to
-    GRID_PER_KIND right and as many wrong test images, picked with a fixed seed, for the report."""
+    predicted class), true_probability (of the true class), class_names, tta_level, source,
+    grid_index/grid_images: up to GRID_PER_KIND right and as many wrong test images, picked
+    with a fixed seed, for the report, and mistake_index/mistake_images: the MISTAKES_KEPT most
+    confident wrong ones, most confident first (most_confident_mistakes)."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt} does not exist; is {run_dir} a finished run directory?")
     cache = run_dir / PREDICTIONS_FILE
     stat = ckpt.stat()
-    ckpt_key = f"{stat.st_size}:{stat.st_mtime_ns}:"
+    ckpt_key = f"{CACHE_FORMAT}:{stat.st_size}:{stat.st_mtime_ns}:"
     if data is None and (hit := _cached(cache, ckpt_key)) is not None:
         return hit
     trained = load_model(ckpt, device)
@@ -176,7 +193,8 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
         return hit
 
     probs = trained.evaluate(images, labels, config.tta_level, probabilities=True)["probabilities"]
-    predictions = probs.argmax(1)
+    predictions, confidence = probs.argmax(1), probs.max(1).astype(np.float32)
+    mistakes = most_confident_mistakes(predictions, labels, confidence, MISTAKES_KEPT)
     rng = np.random.default_rng(0)
     right, wrong = np.flatnonzero(predictions == labels), np.flatnonzero(predictions != labels)
     grid = np.concatenate(
@@ -185,12 +203,15 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     result = {
         "predictions": predictions.astype(np.int64),
         "labels": labels.astype(np.int64),
-        "confidence": probs.max(1).astype(np.float32),
+        "confidence": confidence,
+        "true_probability": probs[np.arange(len(labels)), labels].astype(np.float32),
         "class_names": np.array(classes, dtype=str),
         "tta_level": np.array(config.tta_level),
         "source": np.array(str(source)),
         "grid_index": grid,
         "grid_images": images[grid],
+        "mistake_index": mistakes,
+        "mistake_images": images[mistakes],
         "key": np.array(key),
     }
     # Written whole or not at all: a report reading the cache never sees half a file.

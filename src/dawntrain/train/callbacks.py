@@ -9,6 +9,7 @@ the loop save after the current step.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -18,14 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from dawntrain.engine.evaluate import sanity_check
+from dawntrain.engine.evaluate import untrained_check
 from dawntrain.engine.step import StepStats
+from dawntrain.files import atomic_write
 from dawntrain.train.log import MetricsLog
 from dawntrain.train.step_records import FILE as STEPS_FILE
 from dawntrain.train.step_records import StepRecorder, group_rates
 
 if TYPE_CHECKING:
     from dawntrain.engine.build import Run
+
+# The untrained model's check, as numbers for the report (the console shows its line).
+SANITY_FILE = "sanity_check.json"
 
 
 @dataclass
@@ -75,22 +80,20 @@ class Callbacks:
 
 
 class SanityCheck(Callback):
-    """Before a fresh run trains, the untrained model's accuracy and loss against chance."""
+    """Before a fresh run trains, the untrained model's accuracy and loss against chance: said,
+    and kept in RUN/sanity_check.json (main rank)."""
 
     def on_fit_start(self, run: Run, state: LoopState) -> None:
         if not state.resumed and state.init_from is None:  # only an untrained model
             c = run.config
-            state.say(
-                sanity_check(
-                    run.model,
-                    run.val_x,
-                    run.val_y,
-                    run.normalizer,
-                    run.precision,
-                    run.num_classes,
-                    c.channels_last,
-                )  # fmt: skip
-            )
+            check = untrained_check(
+                run.model, run.val_x, run.val_y, run.normalizer, run.precision,
+                run.num_classes, c.channels_last,
+            )  # fmt: skip
+            state.say(check["message"])
+            if run.world.is_main:
+                text = json.dumps(check, indent=2, ensure_ascii=False)
+                atomic_write(state.out / SANITY_FILE, text.encode())
 
 
 class CheckpointEverySteps(Callback):
