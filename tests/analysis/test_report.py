@@ -183,3 +183,10 @@ def test_tensorboard_logger_groups_train_and_val(tmp_path, monkeypatch):
         ("time/train_s", 2.0, 3),
         ("acc_tta/test", 0.7, 3),
     ]
+
+
+def test_cells_keep_the_digits_of_small_rates():
+    from dawntrain.analysis.report import _cell
+
+    assert _cell(8.5e-4) == "0.00085" and _cell(1.2e-6) == "1.2e-06"
+    assert _cell(0.0) == "0.0000" and _cell(0.5250) == "0.5250" and _cell(123456.0) == "1.235e+05"

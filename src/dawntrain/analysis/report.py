@@ -54,7 +54,8 @@ def _img(png: bytes, alt: str) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        # Rates such as fast's 8.5e-4 keep their digits; 4 decimals would show 0.0008 or 0.0000.
+        return f"{value:.4f}" if value == 0 or 1e-2 <= abs(value) < 1e4 else f"{value:.4g}"
     return html.escape(str(value))
 
 
