@@ -149,3 +149,34 @@ def test_throughput_shows_the_library_conv_row_only_where_a_conv_takes_the_matmu
     assert "engine-library-conv" in names("davidnet")  # 512 channels at 4x4
     assert "engine-library-conv" not in names("fast")  # 256 channels: oneDNN everywhere
     assert "engine-malloc-default" in names("fast")
+
+
+def test_bench_profile_splits_the_step_into_phases_and_kinds(tmp_path, capsys):
+    from dawntrain.bench.profile import totals
+
+    args = ["bench", "profile", "--preset", "fast", "--set", "width=8", "-b", "16"]
+    args += ["--precision", "fp32", "--steps", "2", "--warmup", "1", "--json"]
+    assert main(args + ["--results", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    phases, kinds = totals(result, "phase"), totals(result, "kind")
+    assert {"forward", "backward", "optimizer", "batching and augmentation"} <= set(phases)
+    assert {"convolution", "batchnorm", "pooling", "activation"} <= set(kinds)
+    # Muon's Newton-Schulz iterations are matmuls inside the optimizer step.
+    assert any(r["phase"] == "optimizer" and r["kind"] == "matmul" for r in result["parts"])
+    # Own times do not overlap, so they fit in the profiled wall time; the rest is Python.
+    attributed = sum(r["share"] for r in result["parts"])
+    assert 0 < attributed <= 1.0 + 1e-3
+    assert attributed + result["unattributed_share"] == pytest.approx(1.0, abs=2e-3)
+    assert len(list(tmp_path.glob("profile-fast-*.json"))) == 1
+
+
+def test_profile_kinds_of_operator_names():
+    from dawntrain.bench.profile import kind_of
+
+    assert kind_of("aten::convolution_backward") == "convolution"
+    assert kind_of("aten::native_batch_norm_backward") == "batchnorm"
+    assert kind_of("aten::mm") == "matmul" and kind_of("aten::addmm") == "matmul"
+    assert kind_of("aten::max_pool2d_with_indices") == "pooling"
+    assert kind_of("aten::gelu_backward") == "activation"
+    assert kind_of("aten::copy_") == "copies and layout"
+    assert kind_of("aten::add_") == "elementwise" and kind_of("aten::nonsense") == "other"

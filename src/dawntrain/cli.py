@@ -288,6 +288,18 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_profile(args: argparse.Namespace) -> int:
+    from dawntrain.bench import profile
+
+    cfg = _resolve(args)
+    result = profile.run(cfg, steps=args.steps, warmup=args.warmup, image_size=args.image_size)
+    path = _write_result(args.results, f"profile-{cfg.preset}-b{cfg.batch_size}", result)
+    print(json.dumps(result) if args.json else profile.format_table(result))
+    if not args.json:
+        print(f"written to {path}")
+    return 0
+
+
 def cmd_bench_conv(args: argparse.Namespace) -> int:
     from dawntrain.bench import conv
 
@@ -728,6 +740,14 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_throughput)
+    p = _command(bench_sub, "profile", "where a training step's time goes: phase and kind of op")
+    _add_config_options(p)
+    p.add_argument("--steps", type=int, default=4, help="profiled steps")
+    p.add_argument("--warmup", type=int, default=2, help="unprofiled steps first")
+    p.add_argument("--image-size", type=int, default=32, help="input side")
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
+    p.set_defaults(func=cmd_bench_profile)
     p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
     p.add_argument("--shapes", help="BATCHxCHANNELSxSIDE,... (default: bench/conv.py's SHAPES)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
