@@ -178,5 +178,7 @@ def test_profile_kinds_of_operator_names():
     assert kind_of("aten::mm") == "matmul" and kind_of("aten::addmm") == "matmul"
     assert kind_of("aten::max_pool2d_with_indices") == "pooling"
     assert kind_of("aten::gelu_backward") == "activation"
+    assert kind_of("aten::clamp_min_") == "activation"  # relu_
+    assert kind_of("aten::amax") == "reductions"
     assert kind_of("aten::copy_") == "copies and layout"
     assert kind_of("aten::add_") == "elementwise" and kind_of("aten::nonsense") == "other"

@@ -29,13 +29,15 @@ from dawntrain.runtime.malloc import freed_memory_kept
 
 BATCHES, STEP = "dawntrain.batches", "dawntrain.step"
 # (kind, substrings of aten op names); the first match wins, so the order matters: a
-# "convolution_backward" is a convolution, "native_batch_norm_backward" a BatchNorm.
+# "convolution_backward" is a convolution, "native_batch_norm_backward" a BatchNorm. The
+# convolutions models/conv.py runs as matmuls on small maps (matmul_conv) count as matmul.
 KINDS = (
     ("convolution", ("conv", "mkldnn_convolution")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "baddbmm")),
     ("batchnorm", ("batch_norm",)),
     ("pooling", ("pool",)),
-    ("activation", ("gelu", "relu", "silu", "threshold", "sigmoid", "tanh")),
+    # relu_ runs as clamp_min_ (and would count as a reduction by its "min").
+    ("activation", ("gelu", "relu", "silu", "threshold", "sigmoid", "tanh", "clamp_min")),
     ("loss", ("cross_entropy", "log_softmax", "nll_loss", "softmax")),
     ("copies and layout", (
         "copy_", "contiguous", "clone", "_to_copy", "aten::to", "cat", "stack", "pad", "flip",
