@@ -77,6 +77,33 @@ def test_resume_inside_an_epoch_is_exact(tmp_path):
     assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
+def test_an_epoch_resumed_from_inside_keeps_the_time_it_had_run(tmp_path):
+    """Its train_s, epoch_s and images/s cover the whole epoch, not only the part after the
+    resume (which would report 3 steps' images over 1 step's time)."""
+    import time
+
+    class SlowThenCrash(Callback):
+        def __init__(self):
+            self.steps = 0
+
+        def on_step_end(self, run, state):
+            self.steps += 1
+            if self.steps in (4, 5):  # epoch 2's first two steps, before its checkpoint
+                time.sleep(0.3)
+            if self.steps == 6:
+                raise RuntimeError("simulated crash")
+
+    cfg = config(tmp_path, checkpoint_every_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, dataset=tiny_dataset(), callbacks=[SlowThenCrash()])
+    assert load(tmp_path / "checkpoints" / "last.pt")["epoch_time_s"] >= 0.6
+    fit(cfg, dataset=tiny_dataset(), resume="last")
+    epochs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    second = epochs[1]
+    assert second["train_s"] >= 0.6 and second["epoch_s"] >= second["train_s"]
+    assert second["elapsed_s"] >= epochs[0]["elapsed_s"] + 0.6
+
+
 def test_resume_refuses_another_config(tmp_path):
     data = tiny_dataset()
     fit(config(tmp_path / "a", epochs=1), dataset=data)

@@ -43,6 +43,10 @@ class LoopState:
     epoch: int = 0
     step: int = 0
     elapsed_s: float = 0.0
+    # The epoch's training time before this process took it up (a resume from inside it), and
+    # when this process started on it: an epoch's times span the segments it ran in.
+    epoch_time_s: float = 0.0
+    epoch_t0: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: StepStats | None = None
     resumed: bool = False

@@ -111,7 +111,7 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
     stop = cleanup.enter_context(signals.StopSignals(world, config.stop_check_s))
     t_run = time.perf_counter()
     for epoch in range(state.epoch, config.epochs):
-        t0 = time.perf_counter()
+        state.epoch_t0 = time.perf_counter()
         state.epoch, state.stats = epoch, state.stats or StepStats.zeros(run.device)
         run.start_epoch(epoch)
         callbacks("on_epoch_start", run, state)
@@ -125,11 +125,11 @@ def _fit(config, world, resume, dataset, stream, extra, cleanup) -> dict[str, An
                 if stopping:
                     raise stop.interrupted(out, epoch, state.step, run.steps)
             state.checkpoint_due = False
-        metrics = end_epoch(run, state, t0)
+        metrics = end_epoch(run, state)
         callbacks("on_epoch_metrics", run, state, metrics)
         state.history.append(metrics)
         callbacks("on_epoch_end", run, state, metrics)
-        state.epoch, state.step, state.stats = epoch + 1, 0, None
+        state.epoch, state.step, state.stats, state.epoch_time_s = epoch + 1, 0, None, 0.0
         name = checkpoint_file_name(config.checkpoint_name, metrics)
         save(run, state, name=name, is_best=state.best is not None and state.best.improves(metrics))
         if stop.should_stop(True) and epoch + 1 < config.epochs:
@@ -199,6 +199,7 @@ def resume_into(run: Run, state: LoopState, path: Path, restart: int | None = No
     run.load_state_dict(saved)
     state.epoch, state.step = saved["epoch"], saved["step_in_epoch"]
     state.elapsed_s, state.history = saved["elapsed_s"], json.loads(saved["history"])
+    state.epoch_time_s = saved.get("epoch_time_s", 0.0)
     state.resumes = json.loads(saved.get("resumes", "[]"))
     state.best = best.restored(run.config, saved.get("best"), state.say)
     state.init_from = json.loads(saved["init_from"]) if "init_from" in saved else None
@@ -279,6 +280,10 @@ def save(
             "step_in_epoch": state.step if partial else 0,
             "world_size": run.world.size,
             "elapsed_s": state.elapsed_s,
+            # Inside an epoch: its training time so far, so a resumed epoch's times are whole.
+            "epoch_time_s": state.epoch_time_s + time.perf_counter() - state.epoch_t0
+            if partial
+            else 0.0,
             "history": json.dumps(state.history),
             "resumes": json.dumps(state.resumes),
             **blob_partial,
@@ -301,12 +306,14 @@ def save(
     distributed.barrier()
 
 
-def end_epoch(run: Run, state: LoopState, t0: float) -> dict[str, Any]:
-    """The epoch's metrics: its sums over ranks, and validation when it is due."""
+def end_epoch(run: Run, state: LoopState) -> dict[str, Any]:
+    """The epoch's metrics: its sums over ranks, and validation when it is due. Its times
+    include the part of the epoch run before a resume from inside it."""
     c, epoch = run.config, state.epoch
     state.stats.all_reduce()
     check_finite(state.stats, run.steps, c.on_nonfinite)
     synchronize(run.device)
+    t0 = state.epoch_t0 - state.epoch_time_s
     train_s = time.perf_counter() - t0
     due = epoch + 1 == c.epochs or (c.eval_every and (epoch + 1) % c.eval_every == 0)
     # On a CPU a validation pass costs several percent of a short recipe's epoch.
