@@ -2,7 +2,8 @@
 
 The kind of a file is read from its content (bench/*.py write them): throughput (images/s per
 variant), ablation (accuracy per row), accuracy (per-seed results), conv (library against
-matmul convolution times) and data (conversion and decoding rates). Every file but an accuracy
+matmul convolution times), data (conversion and decoding rates) and profile (a step's
+operator time by kind and phase). Every file but an accuracy
 one gets a panel of its own; accuracy files share one panel, a column each, so that runs of
 different presets or dates compare.
 """
@@ -23,7 +24,11 @@ from matplotlib.transforms import offset_copy
 from dawntrain.analysis.plots import save
 from dawntrain.errors import DataError
 
-KINDS = ("throughput", "ablation", "accuracy", "conv", "data")
+KINDS = ("throughput", "ablation", "accuracy", "conv", "data", "profile")
+PHASE_COLORS = {
+    "forward": "tab:blue", "backward": "tab:orange", "optimizer": "tab:green",
+    "batching and augmentation": "tab:purple", "other": "tab:gray",
+}  # fmt: skip
 PRECISION_COLORS = {"fp32": "tab:blue", "bf16": "tab:orange", "fp16": "tab:purple"}
 PLAIN, TTA = "tab:blue", "tab:orange"
 
@@ -36,6 +41,9 @@ def bench_kind(result: Any) -> str | None:
         return "data"
     if isinstance(result.get("results"), list) and "test_acc" in result:
         return "accuracy"
+    parts = result.get("parts")
+    if isinstance(parts, list) and parts and isinstance(parts[0], dict) and "phase" in parts[0]:
+        return "profile"
     rows = result.get("rows")
     if not isinstance(rows, list):
         return None
@@ -238,15 +246,46 @@ def draw_data(ax: Axes, result: dict[str, Any], label: str) -> None:
     ax.set_title(title)
 
 
+def draw_profile(ax: Axes, result: dict[str, Any], label: str) -> None:
+    """ms per step of each kind of operator, a bar each, split by the phase it ran in."""
+    by_kind: dict[str, dict[str, float]] = {}
+    for r in result["parts"]:
+        by_kind.setdefault(r["kind"], {})[r["phase"]] = r["ms_per_step"]
+    kinds = sorted(by_kind, key=lambda k: -sum(by_kind[k].values()))
+    phases = [p for p in PHASE_COLORS if any(p in by_kind[k] for k in kinds)]
+    left = np.zeros(len(kinds))
+    for phase in phases:
+        ms = np.array([by_kind[k].get(phase, 0.0) for k in kinds])
+        ax.barh(range(len(kinds)), ms, left=left, color=PHASE_COLORS[phase], label=phase)
+        left += ms
+    step = result["ms_per_step"]
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {total:.0f} ms ({total / step:.0%})", va="center", fontsize=8)
+    ax.set_yticks(range(len(kinds)), kinds)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left) * 1.35)
+    ax.set_xlabel(f"ms of operator time per step (the step: {step:.0f} ms)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(
+        f"profile: {result.get('preset', '?')}, batch {result.get('batch_size')}, "
+        f"{result.get('precision', '?')}\n{result.get('device', '')}\n{label}",
+        fontsize=10,
+    )
+    _legend_below(ax)
+
+
 DRAW: dict[str, Callable[[Axes, dict[str, Any], str], None]] = {
     "throughput": draw_throughput,
     "ablation": draw_ablation,
     "conv": draw_conv,
     "data": draw_data,
+    "profile": draw_profile,
 }
 
 
 def _height(kind: str, result: dict[str, Any]) -> float:
+    if kind == "profile":
+        return 1.6 + 0.42 * len({r["kind"] for r in result.get("parts") or []})
     if kind == "data":
         rows = len(DATA_RATES) * len(result.get("datasets") or {})
     else:
