@@ -23,7 +23,6 @@ from dawntrain.analysis.summary import format_flops, format_summary
 from dawntrain.errors import ConfigError
 from dawntrain.infer.model import TrainedModel, input_size, load_model
 from dawntrain.train.callbacks import SANITY_FILE
-from dawntrain.train.checkpoint import in_run
 
 
 @dataclass
@@ -95,7 +94,7 @@ def figure_filters(layer: FirstLayer, title: str = "") -> Figure:
 def plot_filters(run_dir: Path, out: Path | None = None, device: str = "auto") -> Path:
     """RUN/checkpoints/last.pt's first-layer filters as filters.png (default inside RUN)."""
     run_dir = Path(run_dir)
-    trained = load_model(in_run(run_dir), device)
+    trained = load_model(run_dir, device)
     fig = figure_filters(first_layer(trained.model), title=run_dir.name)
     return save(fig, out or run_dir / "filters.png")
 
@@ -139,5 +138,5 @@ def model_section(trained: TrainedModel) -> dict[str, Any]:
 
 def model_report(run_dir: Path, device: str = "auto") -> dict[str, Any]:
     """model_section of RUN's last.pt, plus its sanity check (None where not recorded)."""
-    trained = load_model(in_run(Path(run_dir)), device)
+    trained = load_model(Path(run_dir), device)
     return {**model_section(trained), "sanity_check": sanity_check(run_dir)}
