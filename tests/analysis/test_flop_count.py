@@ -177,3 +177,17 @@ def test_run_flops_counts_training_x3_and_every_evaluation_pass():
     plain = resolve("davidnet", sets=["epochs=2", "sanity_check=false"])
     got = run_flops(model, plain, (3, 2, 2), n_train=100, n_val=30)
     assert got["test"] == 0 and got["sanity_check"] == 0
+
+
+def test_run_flops_counts_each_epoch_at_its_progressive_size():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.config import resolve
+    from dawntrain.models.fast import FastNet
+
+    model = FastNet(widths=(8, 16, 16))
+    config = resolve("fast", sets=["epochs=3", "train_sizes=[16, 24]", "sanity_check=false"])
+    got = run_flops(model, config, (3, 32, 32), n_train=10, n_val=5)
+    per_epoch = [flops(model, (3, s, s)) for s in (16, 24, 32)]
+    assert per_epoch[0] < per_epoch[1] < per_epoch[2]
+    assert got["train"] == 3 * 10 * sum(per_epoch)
+    assert got["validation"] == 5 * 3 * per_epoch[2]  # evaluation is at full size

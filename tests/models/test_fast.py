@@ -28,6 +28,26 @@ def test_shapes_through_the_groups():
     assert model(x).shape == (2, 10)
 
 
+def test_floor_pooling_gives_airbenchs_maps_and_flops():
+    """ceil_pool=False: 31 → 15 → 7 → 3, the maps of airbench94: six 3x3 convs at those sides,
+    the 2x2 whitening conv (12 inputs, 24 outputs at 31x31) and the head, 2 FLOPs a multiply-add."""
+    from dawntrain.analysis.flop_count import flops
+
+    model = FastNet(ceil_pool=False).eval()
+    h = model.act(model.whiten(torch.randn(1, 3, 32, 32)))
+    sides = []
+    for group in model.groups:
+        h = group(h)
+        sides.append(h.shape[-1])
+    assert sides == [15, 7, 3]
+    convs = 2 * 9 * (24 * 64 * 31**2 + 64 * 64 * 15**2 + 64 * 256 * 15**2 + 2 * 256 * 256 * 7**2)
+    convs += 2 * 9 * 256 * 256 * 3**2
+    whiten, head = 2 * 12 * 24 * 31**2, 2 * 256 * 10
+    assert flops(model, (3, 32, 32)) == convs + whiten + head
+    ratio = flops(model, (3, 32, 32)) / flops(FastNet(), (3, 32, 32))
+    assert ratio == pytest.approx(0.81, abs=0.01)
+
+
 def test_whitening_filters_decorrelate_the_training_patches():
     images = correlated_images()
     model = FastNet(widths=(8, 16, 16))

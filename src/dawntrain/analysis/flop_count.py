@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from dawntrain.data.batches import train_side
 from dawntrain.errors import ConfigError
 
 MATMUL = "matmul"
@@ -200,10 +201,16 @@ def run_flops(
     """FLOPs of a whole run the way the public speed records count them: multiply-adds x2 of
     convolutions and linear layers only, x3 for a training step (forward and backward), plus
     every evaluation pass (the per-epoch validations, the final test with and without TTA, the
-    untrained-model check). `n_test` None: the final test is the validation set, evaluated
+    untrained-model check), each training epoch at its own size under progressive resizing
+    (config.train_sizes). `n_test` None: the final test is the validation set, evaluated
     again only where TTA or lookahead asks for it. Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
+    c, full = input_shape[0], input_shape[-1]
+    train_forward = sum(
+        forward if side == full else flops(model, (c, side, side))
+        for side in (train_side(config.train_sizes, e, full) for e in range(epochs))
+    )
     validations = sum(
         1
         for e in range(1, epochs + 1)
@@ -214,7 +221,7 @@ def run_flops(
     if n_test is not None or config.tta_level or config.lookahead:
         tests = test_images * (1 + (tta_views(config.tta_level) if config.tta_level else 0))
     parts = {
-        "train": 3 * forward * n_train * epochs,
+        "train": 3 * train_forward * n_train,
         "validation": forward * n_val * validations,
         "test": forward * tests,
         "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,

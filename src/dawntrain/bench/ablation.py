@@ -38,6 +38,7 @@ ABLATIONS: dict[str, Changes] = {
     "no label smoothing": {"label_smoothing": 0.0},
     "lookahead toggled": lambda c: {"lookahead": not c.lookahead},
     "no alternating flip": {"alternate_flip": False},
+    "pooling toggled": lambda c: {"ceil_pool": not c.ceil_pool},  # 16/8/4 maps ↔ 15/7/3
     "other optimizer": _optimizer_swapped,
 }
 

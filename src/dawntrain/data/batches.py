@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dawntrain import seeds
 
@@ -163,6 +164,21 @@ def train_batches(
         if augment:
             x = crop_flip(x, plan.dx[pos], plan.dy[pos], plan.flip[pos], pad)
         yield x, labels[idx]
+
+
+def resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Float NCHW images resized to side x side (bilinear, antialiased when shrinking), in the
+    memory layout they came in; the same images when they are that size already."""
+    if x.shape[-2:] == (side, side):
+        return x
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+    y = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return y.contiguous(memory_format=fmt) if fmt else y
+
+
+def train_side(sizes: list[int], epoch: int, full: int) -> int:
+    """The image side of 0-based `epoch` under progressive resizing (config.train_sizes)."""
+    return sizes[epoch] if epoch < len(sizes) else full
 
 
 def eval_batches(

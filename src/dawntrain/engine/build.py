@@ -23,8 +23,10 @@ from dawntrain.data.batches import (
     Normalizer,
     channel_stats,
     epoch_plan,
+    resized,
     steps_per_epoch,
     train_batches,
+    train_side,
 )
 from dawntrain.engine.ema import ModelEMA
 from dawntrain.engine.evaluate import evaluate
@@ -194,10 +196,12 @@ class Run:
         )
         if self.skipper is not None:
             self.skipper.save()
+        x = self.normalizer(x, c.channels_last)
+        if c.train_sizes:
+            x = resized(x, train_side(c.train_sizes, epoch, x.shape[-1]))
         loss, logits = train_step(
-            self.model, self.forward, self.optimizer, self.scaler,
-            self.normalizer(x, c.channels_last), y, self.precision, c.label_smoothing,
-            grad_scale=self.world.size, loss=self.loss,
+            self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
+            c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
         )  # fmt: skip
         with torch.no_grad():
             bad = ~torch.isfinite(loss)

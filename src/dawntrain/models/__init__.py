@@ -30,7 +30,7 @@ def build_model(
     width_factor: float = 4.0,
     **tricks: bool,
 ) -> nn.Module:
-    """`tricks` (whiten, dirac, frozen_bn_scale) go to FastNet; the other models take none.
+    """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool) go to FastNet; the other models take none.
     FastNet's blocks are (width, width_factor x width, width_factor x width) wide."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
@@ -60,7 +60,12 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
     builds from a config goes through here, so a probe or benchmark builds what fit() trains).
     `exact_dropout` overrides the config's, for benchmarks that compare the two."""
     tricks = (
-        dict(whiten=config.whiten, dirac=config.dirac, frozen_bn_scale=config.frozen_bn_scale)
+        dict(
+            whiten=config.whiten,
+            dirac=config.dirac,
+            frozen_bn_scale=config.frozen_bn_scale,
+            ceil_pool=config.ceil_pool,
+        )
         if config.model == "fast"
         else {}
     )
