@@ -42,6 +42,31 @@ def test_bench_throughput_json(tmp_path, capsys):
     assert len(list(tmp_path.glob("throughput-*.json"))) == 1
 
 
+def test_bench_throughput_vs_adds_a_row_with_the_change_and_rows_picks(tmp_path, capsys):
+    args = ["bench", "throughput", "--preset", "fast", "--set", "width=4", "-b", "8"]
+    args += ["--steps", "1", "--warmup", "0", "--json", "--results", str(tmp_path)]
+    args += ["--vs", "ceil_pool=false", "--rows", "engine ceil_pool=false,engine"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["name"] for r in rows] == ["engine ceil_pool=false", "engine"]
+    assert rows[0]["changes"] == {"ceil_pool": False} and rows[1]["changes"] == {}
+    from dawntrain.bench.throughput import changed_engine
+    from dawntrain.config import resolve
+
+    both = changed_engine(resolve("fast"), "train_sizes=[24,28],ceil_pool=false").changes
+    assert both == {"train_sizes": [24, 28], "ceil_pool": False}
+    assert rows[0]["ratio"] == 1.0
+    # Floor pooling's smaller maps: fewer FLOPs per image, so less work per image counted.
+    assert rows[0]["gflops"] / rows[0]["images_per_s"] < rows[1]["gflops"] / rows[1]["images_per_s"]
+
+
+def test_bench_throughput_rejects_an_unknown_row_or_key(capsys):
+    assert main(["bench", "throughput", "--rows", "engine,turbo", "--steps", "1"]) == 2
+    assert "turbo" in capsys.readouterr().err
+    assert main(["bench", "throughput", "--vs", "ceil_pooling=false", "--steps", "1"]) == 2
+    assert "ceil_pool" in capsys.readouterr().err
+
+
 def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
     args = [
         "bench",
@@ -135,6 +160,8 @@ def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
         (2, 8, 2),
     ]
     assert all(r["library_ms"] > 0 and r["matmul_ms"] > 0 for r in result["rows"])
+    assert main([*args[:6], "--precision", "fp32", "--json", "--results", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["precision"] == "fp32"
     assert main(["bench", "conv", "--shapes", "4x8"]) == 2
     assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err
 

@@ -271,6 +271,9 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
 
     cfg = _resolve(args)
     variants = throughput.variants_for(cfg, args.image_size, compile_too=args.compile)
+    variants += [throughput.changed_engine(cfg, spec) for spec in args.vs]
+    if args.rows:
+        variants = throughput.select(variants, args.rows.split(","))
     result = throughput.run(
         cfg,
         steps=args.steps,
@@ -313,7 +316,7 @@ def cmd_bench_conv(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--shapes {args.shapes!r}: give BATCHxCHANNELSxSIDE,... e.g. 512x512x4"
             )
-    result = conv.run(shapes, repeats=args.repeats)
+    result = conv.run(shapes, repeats=args.repeats, precision=args.precision)
     path = _write_result(args.results, "conv", result)
     print(json.dumps(result) if args.json else conv.format_table(result))
     print(f"written to {path}")
@@ -737,6 +740,19 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--image-size", type=int, default=32, help="input side")
     p.add_argument("--peak-size", type=int, default=4096, help="n of the n³ matmul peak")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd engine")
+    p.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="add a row: the engine with these config changes, e.g. --vs ceil_pool=false (repeatable)",
+    )
+    p.add_argument(
+        "--rows",
+        metavar="NAME,NAME",
+        help="time only these rows, in this order; ratios are to the first "
+        "(e.g. --rows engine,'engine ceil_pool=false')",
+    )
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_throughput)
@@ -751,6 +767,12 @@ def _bench_parsers(sub) -> None:
     p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
     p.add_argument("--shapes", help="BATCHxCHANNELSxSIDE,... (default: bench/conv.py's SHAPES)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 where the CPU has it fast, else fp32",
+    )
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_conv)

@@ -3,8 +3,8 @@
 The shapes are the small maps where the two part ways (DavidNet's last residual convolutions
 are 512 channels at 4x4, the fast net's 256, fast-wide's 384); the table decides
 MATMUL_MAX_PIXELS and MATMUL_MIN_CHANNELS for a machine. Each time is the median of `repeats`
-calls after two warm-up calls, in bf16 autocast where the CPU has it, channels_last, with freed
-memory kept (as the engine trains).
+calls after two warm-up calls, in bf16 autocast where the CPU has it (or the precision asked
+for), channels_last, with freed memory kept (as the engine trains).
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ def _time_shape(batch: int, channels: int, side: int, precision: str, repeats: i
     }
 
 
-def run(shapes: list[tuple[int, int, int]] = SHAPES, repeats: int = 5) -> dict[str, Any]:
+def run(
+    shapes: list[tuple[int, int, int]] = SHAPES, repeats: int = 5, precision: str = "auto"
+) -> dict[str, Any]:
     device = torch.device("cpu")  # the matmul path is a CPU path
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision(precision, device)
     with freed_memory_kept():
         rows = [_time_shape(*shape, precision, repeats) for shape in shapes]
     return {"device": describe(device), "precision": precision, "rows": rows}

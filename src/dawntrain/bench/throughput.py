@@ -7,18 +7,20 @@ a noisy machine. Images/s is the median over timed windows after warm-up.
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from dawntrain.analysis.flop_count import training_flops_per_image
-from dawntrain.config import Config
+from dawntrain.config import Config, apply, parse_set, validate
 from dawntrain.data import ImageDataset
 from dawntrain.engine.build import build
 from dawntrain.engine.step import StepStats
+from dawntrain.errors import ConfigError
 from dawntrain.models import model_for
 from dawntrain.models.conv import matmul_layers
 from dawntrain.runtime.device import describe, resolve_device, resolve_precision, synchronize
@@ -34,6 +36,25 @@ class Variant:
     compiled: bool = False
     keep_freed_memory: bool = True  # train/malloc.py; the reference runs with glibc's defaults
     matmul_conv: bool = True  # models/conv.py's matmul path for small maps; False: oneDNN's
+    changes: dict[str, Any] = field(default_factory=dict)  # config keys this row sets (--vs)
+
+
+def changed_engine(config: Config, spec: str) -> Variant:
+    """The engine row with config changes, from `--vs KEY=VALUE[,KEY=VALUE...]`: an A/B of any
+    setting in the same process as the engine it is compared with. Checked against `config`
+    here, so a misspelt key fails before any row is timed."""
+    changes = parse_set(re.split(r",(?![^\[]*\])", spec))  # commas inside [lists] stay
+    validate(apply(config, changes, f"--vs {spec}"))
+    return Variant(f"engine {spec}", "auto", True, False, changes=changes)
+
+
+def select(variants: list[Variant], names: list[str]) -> list[Variant]:
+    """The variants named (in the given order), for `--rows`."""
+    known = {v.name: v for v in variants}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"--rows: no row named {unknown}; the rows here are {', '.join(known)}")
+    return [known[n] for n in names]
 
 
 def default_variants(
@@ -142,6 +163,8 @@ def _measure(
         matmul_conv=variant.matmul_conv,
         val_from_train=0,
     )
+    if variant.changes:
+        row_config = validate(apply(row_config, variant.changes, f"row '{variant.name}'"))
     torch.manual_seed(0)
     # One batch of random images is the whole data set: each step is one epoch of it, with its
     # own crops and flips, through the step fit() takes (the preset's optimizer, lr schedule,
@@ -180,6 +203,7 @@ def _measure(
         "exact_dropout": variant.exact_dropout,
         "keep_freed_memory": variant.keep_freed_memory and device.type == "cpu",
         "matmul_conv": variant.matmul_conv and device.type == "cpu",
+        "changes": variant.changes,
         "window_images_per_s": [round(r, 2) for r in rates],
     }
 
@@ -229,14 +253,15 @@ def run(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = f"{'variant':<22}{'precision':>10}{'layout':>15}{'compiled':>9}{'images/s':>10}{'ratio':>7}{'GFLOP/s':>9}{'of peak':>8}"
+    w = max([22] + [len(r["name"]) + 2 for r in result["rows"]])
+    head = f"{'variant':<{w}}{'precision':>10}{'layout':>15}{'compiled':>9}{'images/s':>10}{'ratio':>7}{'GFLOP/s':>9}{'of peak':>8}"
     lines = [
         f"{result['preset']} batch {result['batch_size']} on {result['device']}, torch {result['torch']}",
         head,
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['name']:<22}{r['precision']:>10}{r['layout']:>15}{str(r['compiled']):>9}"
+            f"{r['name']:<{w}}{r['precision']:>10}{r['layout']:>15}{str(r['compiled']):>9}"
             f"{r['images_per_s']:>10.1f}{r['ratio']:>7.2f}{r['gflops']:>9.1f}{r['fraction_of_peak']:>8.0%}"
         )
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
