@@ -36,9 +36,10 @@ class Config:
     channels_last: bool = True
     compile: bool = False
     # CPU only: freed activations stay for the next step (train/malloc.py), and 3x3 convolutions
-    # on small, wide maps run as matmuls (models/conv.py).
+    # on small, wide maps run as matmuls (models/conv.py): auto where that is measured to pay on
+    # this CPU kind and precision, on for every such map, off for none.
     keep_freed_memory: bool = True
-    matmul_conv: bool = True
+    matmul_conv: str = "auto"
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
     width: int = 64  # DavidNet's c; PreActResNet's first width; FastNet's first block
@@ -155,6 +156,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "batch_scope": ("global", "per_rank"),
     "optimizer": ("sgd", "muon"),
     "best_mode": ("auto", "max", "min"),
+    "matmul_conv": ("auto", "on", "off"),
+}
+# Values of keys that have changed type, as configs saved before (in checkpoints) hold them.
+_LEGACY_VALUES: dict[tuple[str, Any], Any] = {
+    ("matmul_conv", True): "auto",
+    ("matmul_conv", False): "off",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -234,6 +241,8 @@ def _check_checkpoint_name(template: str) -> None:
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     expected = _TYPES[key]
+    if isinstance(value, bool) and expected is not bool:
+        value = _LEGACY_VALUES.get((key, value), value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typing.get_origin(expected) is list:

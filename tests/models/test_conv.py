@@ -10,6 +10,15 @@ from dawntrain.models.conv import (
     Conv3x3,
     conv3x3_matmul,
 )
+from dawntrain.models.conv import matmul_pays as REAL_MATMUL_PAYS
+
+
+@pytest.fixture(autouse=True)
+def matmul_pays_here(monkeypatch):
+    """The path's shape rules are tested on every CPU kind, not only where matmul_pays."""
+    from dawntrain.models import conv
+
+    monkeypatch.setattr(conv, "matmul_pays", lambda: True)
 
 
 def reference(x, w, grad):
@@ -88,5 +97,28 @@ def test_config_switch_sends_every_convolution_to_the_library():
     from dawntrain.models.conv import matmul_layers
 
     assert matmul_layers(model_for(resolve("davidnet"), 10), (3, 32, 32)) == 2
-    off = resolve("davidnet", sets=["matmul_conv=false"])
+    off = resolve("davidnet", sets=["matmul_conv=off"])
     assert matmul_layers(model_for(off, 10), (3, 32, 32)) == 0
+    # Configs saved when the key was a bool (checkpoints) still load.
+    assert resolve("davidnet", sets=["matmul_conv=false"]).matmul_conv == "off"
+    assert resolve("davidnet", sets=["matmul_conv=true"]).matmul_conv == "auto"
+
+
+@pytest.mark.parametrize(
+    "amx, avx512, pays", [(True, True, True), (False, False, True), (False, True, False)]
+)
+def test_auto_takes_the_path_where_the_cpu_kind_pays_and_on_forces_it(
+    amx, avx512, pays, monkeypatch
+):
+    from dawntrain.config import resolve
+    from dawntrain.models import conv, model_for
+    from dawntrain.models.conv import matmul_layers
+
+    # Xeon-AMX and AVX2-only CPUs (Zen 3) take the path; AVX-512 without AMX (Zen 4) does not.
+    monkeypatch.setattr(conv, "matmul_pays", REAL_MATMUL_PAYS)
+    monkeypatch.setattr(conv, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(conv, "cpu_has_avx512", lambda: avx512)
+    auto = model_for(resolve("davidnet"), 10)
+    forced = model_for(resolve("davidnet", sets=["matmul_conv=on"]), 10)
+    assert matmul_layers(auto, (3, 32, 32)) == (2 if pays else 0)
+    assert matmul_layers(forced, (3, 32, 32)) == 2

@@ -19,11 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dawntrain.runtime.device import cpu_has_amx, cpu_has_avx512
+
 # The maps that go through matmuls (`dawntrain bench conv` on Xeon-AMX, bf16, fwd + bwd): at
 # most 4x4 (8x8 lost 1.7x), with at least 384 input channels (4x4: 512 won 2.1x, 384 1.7x,
 # 256 tied).
 MATMUL_MAX_PIXELS = 16
 MATMUL_MIN_CHANNELS = 384
+
+
+def matmul_pays() -> bool:
+    """Whether the matmul form beats oneDNN on such maps on this CPU kind (`dawntrain bench
+    conv`, docs/benchmarks.md): on Xeon-AMX in bf16 (2.1x at 4x4x512) and on Zen 3, AVX2 only, in
+    fp32 (DavidNet's step 1.10x) it wins; on Zen 4, AVX-512 without AMX, oneDNN's kernels win in
+    bf16 (0.76x) and fp32 (0.57x). AMX machines in fp32 were not measured and keep the matmuls."""
+    return cpu_has_amx() or not cpu_has_avx512()
 
 
 def _cols(x: torch.Tensor) -> torch.Tensor:
@@ -82,14 +92,18 @@ class Conv3x3(nn.Conv2d):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, 3, padding=1, bias=False)
-        self.matmul = True  # False: always the library convolution (benchmarks' reference path)
+        # config.matmul_conv: auto (small wide maps where matmul_pays), on (every small wide
+        # map), off (always the library convolution: the benchmarks' reference path).
+        self.matmul = "auto"
 
     def takes_matmul_path(self, x: torch.Tensor) -> bool:
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return False  # an exported model holds plain convolutions, for any runtime
+        if self.matmul == "off" or x.device.type != "cpu":
+            return False
         small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
         wide = self.in_channels >= MATMUL_MIN_CHANNELS
-        return self.matmul and x.device.type == "cpu" and small and wide
+        return small and wide and (self.matmul == "on" or matmul_pays())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.takes_matmul_path(x):

@@ -34,6 +34,24 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+def _cpu_flags() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tile units for bf16 (Xeon Sapphire Rapids and later)."""
+    return "amx_bf16" in _cpu_flags()
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    return "avx512f" in _cpu_flags()
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """fp32 | bf16 | fp16 for this device; `auto` picks bf16 where the hardware has it."""
     if name == "auto":
