@@ -166,16 +166,24 @@ def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
     assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err
 
 
-def test_throughput_shows_the_library_conv_row_only_where_a_conv_takes_the_matmul_path():
+@pytest.mark.parametrize("pays", [True, False])
+def test_throughput_shows_the_matmul_conv_row_that_the_cpu_kind_calls_for(pays, monkeypatch):
     from dawntrain.bench.throughput import variants_for
     from dawntrain.config import resolve
+    from dawntrain.models import conv
+
+    monkeypatch.setattr(conv, "matmul_pays", lambda: pays)
 
     def names(preset):
         return [v.name for v in variants_for(resolve(preset, sets=["device=cpu"]), 32)]
 
-    assert "engine-library-conv" in names("davidnet")  # 512 channels at 4x4
-    assert "engine-library-conv" not in names("fast")  # 256 channels: oneDNN everywhere
-    assert "engine-malloc-default" in names("fast")
+    # DavidNet's 512 channels at 4x4: the row without the path where the engine takes it, the
+    # row with it forced where matmul_pays says this CPU kind is better off without.
+    rows = names("davidnet")
+    assert ("engine-library-conv" in rows) == pays and ("engine-matmul-conv" in rows) != pays
+    fast = names("fast")  # 256 channels: oneDNN everywhere, so neither row
+    assert "engine-library-conv" not in fast and "engine-matmul-conv" not in fast
+    assert "engine-malloc-default" in fast
 
 
 def test_bench_profile_splits_the_step_into_phases_and_kinds(tmp_path, capsys):

@@ -35,7 +35,9 @@ class Variant:
     exact_dropout: bool  # torch's dropout (the reference) instead of the bank mask
     compiled: bool = False
     keep_freed_memory: bool = True  # train/malloc.py; the reference runs with glibc's defaults
-    matmul_conv: bool = True  # models/conv.py's matmul path for small maps; False: oneDNN's
+    matmul_conv: str | None = (
+        None  # models/conv.py's matmul path: auto | on | off; None: the config's
+    )
     changes: dict[str, Any] = field(default_factory=dict)  # config keys this row sets (--vs)
 
 
@@ -43,9 +45,11 @@ def changed_engine(config: Config, spec: str) -> Variant:
     """The engine row with config changes, from `--vs KEY=VALUE[,KEY=VALUE...]`: an A/B of any
     setting in the same process as the engine it is compared with. Checked against `config`
     here, so a misspelt key fails before any row is timed."""
-    changes = parse_set(re.split(r",(?![^\[]*\])", spec))  # commas inside [lists] stay
+    items = re.split(r",(?![^\[]*\])", spec)  # commas inside [lists] stay
+    changes = parse_set(items)
     validate(apply(config, changes, f"--vs {spec}"))
-    return Variant(f"engine {spec}", "auto", True, False, changes=changes)
+    # Named with spaces between the changes, so that `--rows` can list rows by commas.
+    return Variant(" ".join(["engine", *items]), "auto", True, False, changes=changes)
 
 
 def select(variants: list[Variant], names: list[str]) -> list[Variant]:
@@ -58,18 +62,22 @@ def select(variants: list[Variant], names: list[str]) -> list[Variant]:
 
 
 def default_variants(
-    compile_too: bool = False, dropout: bool = True, cpu: bool = True, small_convs: bool = True
+    compile_too: bool = False, dropout: bool = True, cpu: bool = True, matmul_row: str = ""
 ) -> list[Variant]:
     """The reference path, the engine, and the engine with one choice undone. The exact-dropout
-    row only means something for a model with dropout, the malloc row only on a CPU, the
-    library-conv row only for a model with convolutions that take the matmul path."""
+    row only means something for a model with dropout, the malloc row only on a CPU.
+    `matmul_row` "off": the engine takes the matmul path for some convolutions, and a row without
+    it shows what that is worth; "on": it could but does not on this CPU kind (matmul_pays),
+    and a row with it forced shows why; "": no convolution could take it."""
     rows = [
-        Variant("reference", "fp32", False, True, keep_freed_memory=False, matmul_conv=False),
+        Variant("reference", "fp32", False, True, keep_freed_memory=False, matmul_conv="off"),
         Variant("engine", "auto", channels_last=True, exact_dropout=False),
         Variant("engine-fp32", "fp32", channels_last=True, exact_dropout=False),
     ]
-    if small_convs:
-        rows.append(Variant("engine-library-conv", "auto", True, False, matmul_conv=False))
+    if matmul_row == "off":
+        rows.append(Variant("engine-library-conv", "auto", True, False, matmul_conv="off"))
+    elif matmul_row == "on":
+        rows.append(Variant("engine-matmul-conv", "auto", True, False, matmul_conv="on"))
     if cpu:
         rows.append(Variant("engine-malloc-default", "auto", True, False, keep_freed_memory=False))
     if dropout:
@@ -81,9 +89,14 @@ def default_variants(
 
 def variants_for(config: Config, image_size: int, compile_too: bool = False) -> list[Variant]:
     """default_variants with only the rows that mean something for this model and device."""
-    cpu = resolve_device(config.device).type == "cpu"
-    small = cpu and matmul_layers(model_for(config, 10), (3, image_size, image_size)) > 0
-    return default_variants(compile_too, dropout=config.dropout > 0, cpu=cpu, small_convs=small)
+    device = resolve_device(config.device)
+    matmul_row, shape = "", (3, image_size, image_size)
+    if device.type == "cpu":
+        if matmul_layers(model_for(config, 10), shape):
+            matmul_row = "off"
+        elif matmul_layers(model_for(dataclasses.replace(config, matmul_conv="on"), 10), shape):
+            matmul_row = "on"
+    return default_variants(compile_too, config.dropout > 0, device.type == "cpu", matmul_row)
 
 
 def random_dataset(n: int, image_size: int, classes: int = 10) -> ImageDataset:
@@ -160,7 +173,7 @@ def _measure(
         channels_last=variant.channels_last,
         exact_dropout=variant.exact_dropout,
         compile=variant.compiled,
-        matmul_conv=variant.matmul_conv,
+        matmul_conv=variant.matmul_conv or config.matmul_conv,
         val_from_train=0,
     )
     if variant.changes:
@@ -169,13 +182,13 @@ def _measure(
     # One batch of random images is the whole data set: each step is one epoch of it, with its
     # own crops and flips, through the step fit() takes (the preset's optimizer, lr schedule,
     # lookahead), so the "engine" row is what training runs.
-    run = build(row_config, random_dataset(config.batch_size, image_size))
-    precision, b, stats = run.precision, config.batch_size, StepStats.zeros(run.device)
+    run = build(row_config, random_dataset(row_config.batch_size, image_size))
+    precision, b, stats = run.precision, row_config.batch_size, StepStats.zeros(run.device)
     done = 0
 
     def step() -> None:
         nonlocal done
-        epoch = done % config.epochs
+        epoch = done % row_config.epochs
         run.start_epoch(epoch)
         for x, y in run.batches(epoch):
             run.step(stats, x, y, epoch, 0)
@@ -195,6 +208,7 @@ def _measure(
     flops = training_flops_per_image(run.model, (3, image_size, image_size))
     return {
         "name": variant.name,
+        "batch_size": row_config.batch_size,
         "images_per_s": round(ips, 2),
         "gflops": round(ips * flops / 1e9, 2),
         "precision": precision,
@@ -202,7 +216,9 @@ def _measure(
         "compiled": variant.compiled,
         "exact_dropout": variant.exact_dropout,
         "keep_freed_memory": variant.keep_freed_memory and device.type == "cpu",
-        "matmul_conv": variant.matmul_conv and device.type == "cpu",
+        "matmul_conv": matmul_layers(run.model, (3, image_size, image_size))
+        if device.type == "cpu"
+        else 0,  # how many convolutions took the matmul path
         "changes": variant.changes,
         "window_images_per_s": [round(r, 2) for r in rates],
     }
