@@ -37,7 +37,7 @@ class Config:
     compile: bool = False
     # CPU only: freed activations stay for the next step (train/malloc.py), and 3x3 convolutions
     # on small, wide maps run as matmuls (models/conv.py): auto where that is measured to pay on
-    # this CPU kind and precision, on for every such map, off for none.
+    # this CPU kind (conv.matmul_pays), on for every such map, off for none.
     keep_freed_memory: bool = True
     matmul_conv: str = "auto"
     # Model.

@@ -35,9 +35,8 @@ class Variant:
     exact_dropout: bool  # torch's dropout (the reference) instead of the bank mask
     compiled: bool = False
     keep_freed_memory: bool = True  # train/malloc.py; the reference runs with glibc's defaults
-    matmul_conv: str | None = (
-        None  # models/conv.py's matmul path: auto | on | off; None: the config's
-    )
+    # models/conv.py's matmul path for small maps: auto | on | off; None: the config's.
+    matmul_conv: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)  # config keys this row sets (--vs)
 
 
