@@ -20,13 +20,19 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The words of /proc/cpuinfo (its flags among them); empty where there is none."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+@functools.cache
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")):
+    flags = _cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
         return True
     # Elsewhere (macOS, Windows) trust oneDNN's own check.
     with contextlib.suppress(Exception):
@@ -34,20 +40,11 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return []
-
-
-@functools.cache
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX tile units for bf16 (Xeon Sapphire Rapids and later)."""
     return "amx_bf16" in _cpu_flags()
 
 
-@functools.cache
 def cpu_has_avx512() -> bool:
     return "avx512f" in _cpu_flags()
 
