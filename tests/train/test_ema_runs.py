@@ -63,8 +63,14 @@ def test_ema_metrics_are_logged_and_eval_reproduces_the_summary(tmp_path):
         final["ema_test_acc_tta"],
         final["ema_test_loss_tta"],
     )
+    assert (result["top5"], result["tta"]["top5"]) == (
+        final["ema_test_top5"],
+        final["ema_test_top5_tta"],
+    )
     raw = evaluate_checkpoint(ckpt, data, "cpu")
     assert (raw["weights"], raw["loss"]) == ("raw", final["test_loss"])
+    assert (raw["top5"], raw["tta"]["top5"]) == (final["test_top5"], final["test_top5_tta"])
+    assert [r["val_top5"] is None for r in rows] == [True, False, False]
     exported = tmp_path / "ema.safetensors"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "safetensors"]
                 + ["--out", str(exported), "--weights", "ema"]) == 0  # fmt: skip

@@ -317,7 +317,7 @@ def end_epoch(run: Run, state: LoopState) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     due = epoch + 1 == c.epochs or (c.eval_every and (epoch + 1) % c.eval_every == 0)
     # On a CPU a validation pass costs several percent of a short recipe's epoch.
-    val = run.evaluate(run.val_x, run.val_y) if due else {"loss": None, "acc": None}
+    val = run.evaluate(run.val_x, run.val_y) if due else {"loss": None, "acc": None, "top5": None}
     ema_val = ema_metrics(run, "val", run.val_x, run.val_y) if due else ema_metrics(run, "val")
     state.elapsed_s += time.perf_counter() - t0
     sums = state.stats.read()
@@ -328,11 +328,14 @@ def end_epoch(run: Run, state: LoopState) -> dict[str, Any]:
         "train_acc": sums["correct"] / sums["examples"],
         "val_loss": val["loss"],
         "val_acc": val["acc"],
+        "val_top5": val["top5"],
         **ema_val,
         "train_s": round(train_s, 3),
         "epoch_s": round(time.perf_counter() - t0, 3),
         "elapsed_s": round(state.elapsed_s, 3),
     }
+    if c.train_sizes:
+        metrics["train_side"] = run.train_side(epoch)
     if run.skipper is not None:
         metrics["skipped_steps"] = int(sums["nonfinite"])
     return metrics
@@ -353,6 +356,7 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
         final.update(metrics)
         name = "ema_test" if ema else "test"
         line = f"test loss {metrics[f'{name}_loss']:.4f}  test acc {metrics[f'{name}_acc']:.4f}"
+        line += f"  top-5 {metrics[f'{name}_top5']:.4f}"
         if c.tta_level:
             line += f"  with TTA (level {c.tta_level}) {metrics[f'{name}_acc_tta']:.4f}"
         state.say(f"EMA weights: {line}" if ema else line)
@@ -364,14 +368,13 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
 def split_metrics(
     run: Run, split: str, x: torch.Tensor, y: torch.Tensor, tta_level: int = 0, ema: bool = False
 ) -> dict[str, Any]:
-    """{split}_loss and {split}_acc of the weights (`ema`: of their EMA, named ema_{split}_...)
-    on (x, y), then their _tta pair with `tta_level`."""
+    """{split}_loss, {split}_acc and {split}_top5 of the weights (`ema`: of their EMA, named
+    ema_{split}_...) on (x, y), then the same three with _tta for `tta_level`."""
     name = f"ema_{split}" if ema else split
-    plain = run.evaluate(x, y, ema=ema)
-    out = {f"{name}_loss": plain["loss"], f"{name}_acc": plain["acc"]}
-    if tta_level:
-        tta = run.evaluate(x, y, tta_level, ema=ema)
-        out.update({f"{name}_loss_tta": tta["loss"], f"{name}_acc_tta": tta["acc"]})
+    out = {}
+    for suffix, level in (("", 0), ("_tta", tta_level)) if tta_level else (("", 0),):
+        result = run.evaluate(x, y, level, ema=ema)
+        out.update({f"{name}_{k}{suffix}": result[k] for k in ("loss", "acc", "top5")})
     return out
 
 
@@ -381,7 +384,7 @@ def ema_metrics(run: Run, split: str, x=None, y=None) -> dict[str, Any]:
     if run.ema is None:
         return {}
     if x is None:
-        return dict.fromkeys((f"ema_{split}_loss", f"ema_{split}_acc"))
+        return dict.fromkeys((f"ema_{split}_loss", f"ema_{split}_acc", f"ema_{split}_top5"))
     return split_metrics(run, split, x, y, ema=True)
 
 
