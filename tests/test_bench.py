@@ -103,7 +103,9 @@ def test_bench_accuracy_summarizes_runs(tmp_path, capsys):
 
     forward = flops(model_for(resolve("davidnet", sets=["width=4"]), 10), (3, 32, 32))
     assert result["flop_per_run"]["total"] == (3 * 5000 + 1000) * forward
-    assert "from the cache" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"PFLOP/run       {result['flop_per_run']['total'] / 1e15:.3f}" in printed
+    assert "from the cache" not in printed
     args[args.index("--runs") + 1] = "1"  # the same data again: now the cache answers
     assert main(args) == 0
     assert "read from the cache" in capsys.readouterr().out
@@ -128,11 +130,14 @@ def test_bench_ablation_runs_each_row_with_its_change(tmp_path, capsys):
         "other optimizer",
     ]
     assert result["rows"][1]["changes"] == {"whiten": False}
+    # Without whitening the first layer is a trained conv of the same shape: the same FLOPs.
+    assert result["rows"][1]["flop_per_run"] == result["rows"][0]["flop_per_run"] > 0
     config = tomllib.loads((tmp_path / "runs/lookahead-toggled/seed0/config.toml").read_text())
     assert config["lookahead"] is True and config["whiten"] is True
     other = tomllib.loads((tmp_path / "runs/other-optimizer/seed0/config.toml").read_text())
     assert other["optimizer"] == "sgd" and other["lookahead"] is True and other["width"] == 4
-    assert "no whitening" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no whitening" in printed and "PFLOP" in printed
 
 
 def test_bench_ablation_rejects_unknown_rows_before_training(tmp_path, capsys):

@@ -1,5 +1,8 @@
 """Progressive resizing (config.train_sizes): early epochs train on smaller images."""
 
+import io
+import json
+
 import pytest
 import torch
 
@@ -8,6 +11,7 @@ from dawntrain.data.batches import resized, train_side
 from dawntrain.engine.build import build
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
+from dawntrain.train import fit
 from synthetic import tiny_dataset
 
 
@@ -51,3 +55,15 @@ def test_the_step_trains_at_the_epochs_size_and_evaluation_stays_full():
             run.step(stats, x, y, epoch, step)
     assert seen == [8, 8, 16, 16]
     assert torch.isfinite(stats.sums).all() and stats.sums[StepStats.EXAMPLES] == 64
+
+
+def test_the_epoch_table_and_metrics_say_the_side_trained_on(tmp_path):
+    sets = ["width=4", "batch_size=16", "epochs=3", "train_sizes=[8, 12]", "device='cpu'"]
+    config = resolve("fast", sets=sets + ["sanity_check=false", "report=false"])
+    config.out, table = str(tmp_path), io.StringIO()
+    fit(config, dataset=tiny_dataset(n=32, size=16, n_test=16), stream=table)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_side"] for r in rows] == [8, 12, 16]
+    lines = table.getvalue().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "side"])
+    assert [line.split()[1] for line in lines[header + 1 : header + 4]] == ["8", "12", "16"]

@@ -72,6 +72,7 @@ def run(
                 "test_acc": summary["test_acc"]["mean"],
                 "test_acc_tta": summary.get("test_acc_tta", {}).get("mean"),
                 "wall_s": summary["wall_s"]["mean"],
+                "flop_per_run": summary["flop_per_run"]["total"],
                 "results": summary["results"],
             }
         )
@@ -85,7 +86,7 @@ def format_table(result: dict[str, Any]) -> str:
     base = next((r for r in rows if r["name"] == "preset"), None)
     lines = [
         f"{result['preset']} on {result['data']}, {result['runs']} run(s) per row",
-        f"{'row':<22}{'test acc':>10}{'with TTA':>10}{'Δ TTA acc':>11}{'wall s':>8}",
+        f"{'row':<22}{'test acc':>10}{'with TTA':>10}{'Δ TTA acc':>11}{'wall s':>8}{'PFLOP':>8}",
     ]
     for r in rows:
         tta = r["test_acc_tta"]
@@ -98,6 +99,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['name']:<22}{r['test_acc']:>10.4f}"
             + (f"{tta:>10.4f}" if tta is not None else f"{'':>10}")
             + f"{delta:>11}{r['wall_s']:>8.0f}"
+            # Rows written before the FLOPs were kept have none.
+            + (f"{r['flop_per_run'] / 1e15:>8.3f}" if r.get("flop_per_run") else "")
         )
     return "\n".join(lines)
 

@@ -108,10 +108,9 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("data_from_cache"):
         prep += "; decoded earlier, read from the cache: remove its entry to time the decode"
     lines = [f"{s['preset']} on {s['data']}, {s['runs']} runs ({prep})"]
-    if "pflop_per_run" in s:
-        lines.append(
-            f"{'PFLOP/run':<16}{s['pflop_per_run']} (public convention: docs/benchmarks.md)"
-        )
+    if "flop_per_run" in s:
+        pflop = s["flop_per_run"]["total"] / 1e15
+        lines.append(f"{'PFLOP/run':<16}{pflop:.3f} (public convention: docs/benchmarks.md)")
     lines.append(line("test acc", s["test_acc"]))
     if "test_acc_tta" in s:
         lines.append(line("test acc (TTA)", s["test_acc_tta"]))

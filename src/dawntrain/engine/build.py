@@ -184,6 +184,11 @@ class Run:
         if 0 < self.config.whiten_bias_epochs <= epoch:
             freeze_group(self.optimizer, "whiten_bias")
 
+    def train_side(self, epoch: int) -> int:
+        """The side of the images the model trains on in 0-based `epoch` (config.train_sizes;
+        the data's own side after them). train_x is NHWC."""
+        return train_side(self.config.train_sizes, epoch, self.train_x.shape[1])
+
     def step(
         self, stats: StepStats, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
     ) -> None:
@@ -198,7 +203,7 @@ class Run:
             self.skipper.save()
         x = self.normalizer(x, c.channels_last)
         if c.train_sizes:
-            x = resized(x, train_side(c.train_sizes, epoch, x.shape[-1]))
+            x = resized(x, self.train_side(epoch))
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,

@@ -12,6 +12,7 @@ from typing import Any
 # the optimizer's groups stepped with last (train/callbacks.py optimizer_rates).
 COLUMNS = [
     ("epoch", "{:>5}", "{:>5d}"),
+    ("train_side", "{:>4}", "{:>4d}"),
     ("lr", "{:>8}", "{:>8.3g}"),
     ("step_lr", "{:>8}", "{:>8.3g}"),
     ("muon_lr", "{:>8}", "{:>8.3g}"),
@@ -26,9 +27,10 @@ COLUMNS = [
     ("epoch_s", "{:>7}", "{:>7.1f}"),
     ("elapsed_s", "{:>9}", "{:>9.1f}"),
 ]
-HEADERS = {"images_per_s": "img/s"}
-# Shown only where the run has them (a Muon run, a separate BatchNorm lr, the rates measured).
-OPTIONAL = {"step_lr", "muon_lr", "bias_lr", "images_per_s"}
+HEADERS = {"images_per_s": "img/s", "train_side": "side"}
+# Shown only where the run has them (a Muon run, a separate BatchNorm lr, the rates measured,
+# progressive resizing's image side).
+OPTIONAL = {"step_lr", "muon_lr", "bias_lr", "images_per_s", "train_side"}
 # Shown where the run has them (an EMA of the weights), measured in this row or not ("-").
 WHERE_PRESENT = {"ema_val_loss", "ema_val_acc"}
 
