@@ -225,6 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.batch_size,
         shared_classes=args.shared_classes,
         weights=args.weights,
+        tta_below=args.tta_below,
     )
     if args.json:
         print(json.dumps(result))
@@ -244,7 +245,10 @@ def format_evaluation(result: dict) -> str:
         lines[0] = lines[0][:-1] + f" of the {len(result['shared_classes'])} shared classes:"
     lines.append(line("plain", result))
     if "tta" in result:
-        lines.append(line(f"TTA (level {result['tta']['level']})", result["tta"]))
+        tta = result["tta"]
+        lines.append(line(f"TTA (level {tta['level']})", tta))
+        if tta.get("tta_fraction", 1.0) < 1.0:
+            lines[-1] += f"  (views on {100 * tta['tta_fraction']:.1f}% of the images)"
     return "\n".join(lines)
 
 
@@ -434,6 +438,17 @@ def _age_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r}: give an age like 30m, 12h, 7d or 2w")
     unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match.group(2) or "d"]
     return float(match.group(1)) * unit
+
+
+def _unit_interval(text: str) -> float:
+    """A probability in (0, 1] on the command line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a probability in (0, 1], e.g. 0.99")
+    return value
 
 
 def _age(text: str) -> str:
@@ -709,6 +724,13 @@ def _model_parsers(sub) -> None:
         type=int,
         choices=[0, 1, 2],
         help="test-time augmentation level (default: the run's own; 0 none, 1 flip, 2 flip + shifts)",
+    )
+    p.add_argument(
+        "--tta-below",
+        type=_unit_interval,
+        metavar="P",
+        help="TTA only on the images whose plain top-class probability is below P (default: "
+        "the run's tta_below; 1: every image)",
     )
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's)")
     p.add_argument(

@@ -59,6 +59,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
                 "seed": cfg.seed,
                 "test_acc": final.get("test_acc", final.get("val_acc")),
                 "test_acc_tta": final.get("test_acc_tta"),
+                "test_tta_fraction": final.get("test_tta_fraction"),
                 "wall_s": round(wall, 1),
                 "first_epoch_at_target": reached,
             }
@@ -77,7 +78,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
         "preset": config.preset,
         "data": config.data,
         "runs": runs,
-        "flop_per_run": _run_flops(config, dataset),
+        "flop_per_run": _run_flops(config, dataset, results),
         "data_preparation_s": round(data_s, 1),
         "data_from_cache": cached,
         "test_acc": _stats([r["test_acc"] for r in results]),
@@ -91,13 +92,17 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
     return summary
 
 
-def _run_flops(config: Config, dataset) -> dict[str, int]:
-    """run_flops of the config's model on this data, split as fit() splits it."""
+def _run_flops(config: Config, dataset, results: list[dict[str, Any]]) -> dict[str, int]:
+    """run_flops of the config's model on this data, split as fit() splits it; with TTA only
+    where unsure (tta_below), at the runs' mean measured share of images that took it."""
     n_train, side = len(dataset.train_labels), dataset.train_images.shape[1]
     n_val = config.val_from_train or len(dataset.test_labels)
     n_test = len(dataset.test_labels) if config.val_from_train else None
     model = model_for(config, len(dataset.class_names))
-    return run_flops(model, config, (3, side, side), n_train - config.val_from_train, n_val, n_test)
+    shares = [r["test_tta_fraction"] for r in results if r["test_tta_fraction"] is not None]
+    share = sum(shares) / len(shares) if shares else 1.0
+    n_train -= config.val_from_train
+    return run_flops(model, config, (3, side, side), n_train, n_val, n_test, share)
 
 
 def format_summary(s: dict[str, Any]) -> str:

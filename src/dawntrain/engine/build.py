@@ -229,7 +229,7 @@ class Run:
         c = self.config
         return evaluate(
             self.ema.module if ema else self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
-            self.precision, c.channels_last, tta_level=tta_level,
+            self.precision, c.channels_last, tta_level=tta_level, tta_below=c.tta_below,
         )  # fmt: skip
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:

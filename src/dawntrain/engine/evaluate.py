@@ -22,10 +22,13 @@ from dawntrain.runtime.device import autocast
 TOP_K = 5
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+def tta_logits(
+    model: nn.Module, x: torch.Tensor, level: int, plain: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits averaged over test-time views: level 1 adds the mirror image, level 2 also
-    one-pixel translations (up-left and down-right, reflect-padded) of both."""
-    logits = model(x)
+    one-pixel translations (up-left and down-right, reflect-padded) of both. `plain`: the
+    model's logits of x itself, where they are computed already."""
+    logits = model(x) if plain is None else plain
     if level >= 1:
         logits = 0.5 * logits + 0.5 * model(x.flip(-1))
     if level >= 2:
@@ -35,6 +38,19 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
         translated = sum(0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted) / 2
         logits = 0.5 * logits + 0.5 * translated
     return logits
+
+
+def tta_where_unsure(
+    model: nn.Module, x: torch.Tensor, level: int, below: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, unsure): the plain logits, replaced by tta_logits for the images whose plain
+    top-class probability is below `below` (the `unsure` mask); only those pay for the views."""
+    logits = model(x)
+    unsure = F.softmax(logits.float(), dim=1).amax(1) < below
+    if unsure.any():
+        logits = logits.clone()
+        logits[unsure] = tta_logits(model, x[unsure], level, logits[unsure]).to(logits.dtype)
+    return logits, unsure
 
 
 @torch.no_grad()
@@ -49,12 +65,14 @@ def evaluate(
     tta_level: int = 0,
     probabilities: bool = False,
     all_ranks: bool = True,
+    tta_below: float = 1.0,
 ) -> dict[str, Any]:
     """Mean loss, accuracy (top-1) and top-5 accuracy of uint8 NHWC `images`, with running
     BatchNorm statistics. Under torch.distributed each rank passes its shard and gets the totals
     (`all_ranks`); one rank alone (the report) passes all_ranks=False. `labels` None: only the
     probabilities. `probabilities`: also the softmax (N, classes) float32 as numpy, and the
-    predicted classes."""
+    predicted classes. `tta_below` < 1 (config.tta_below): the views only where the plain
+    prediction is less sure than that; "tta_fraction" says for what share of the images."""
     was_training = model.training
     model.eval()
     device = images.device
@@ -63,11 +81,19 @@ def evaluate(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     correct_k = torch.zeros((), device=device, dtype=torch.int64)
+    with_views = torch.zeros((), device=device, dtype=torch.int64)
+    selective = bool(tta_level) and tta_below < 1.0
     scored = bool(len(labels)) and int(labels.min()) >= 0
     probs = []
     for x, y in eval_batches(images, labels, batch_size):
         with autocast(device, precision):
-            logits = tta_logits(model, normalizer(x, channels_last), tta_level)
+            if selective:
+                logits, unsure = tta_where_unsure(
+                    model, normalizer(x, channels_last), tta_level, tta_below
+                )
+                with_views += unsure.sum()
+            else:
+                logits = tta_logits(model, normalizer(x, channels_last), tta_level)
         if probabilities:
             probs.append(F.softmax(logits.float(), dim=1).cpu())
         if scored:
@@ -84,13 +110,16 @@ def evaluate(
                 correct.double(),
                 correct_k.double(),
                 torch.tensor(len(labels), device=device).double(),
+                with_views.double(),
             ]
         )
         if all_ranks:
             totals = distributed.all_reduce_(totals)
-        loss, top1, top5, n = totals.tolist()
+        loss, top1, top5, n, views = totals.tolist()
         n = max(1, n)
         out = {"loss": loss / n, "acc": top1 / n, "top5": top5 / n, "examples": int(n)}
+        if tta_level:
+            out["tta_fraction"] = views / n if selective else 1.0
     if probabilities:
         p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
         out.update(probabilities=p, predictions=p.argmax(1) if len(p) else np.array([], np.int64))

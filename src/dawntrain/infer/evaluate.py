@@ -20,6 +20,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     shared_classes: bool = False,
     weights: str = "raw",
+    tta_below: float | None = None,
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 accuracy of a checkpoint on the test set of `data` (default: the
     run's own source, checked and resized as the run's data was), in the run's precision.
@@ -31,7 +32,9 @@ def evaluate_checkpoint(
     `shared_classes`: then only the images of the classes both have (matched by name) are
     evaluated, their labels mapped to the checkpoint's indices; the result names those classes
     under "shared_classes". `weights`: "raw" (the trained weights) or "ema" (their EMA, where the
-    run kept one: summary.json's ema_test_acc and ema_test_acc_tta); the result says which."""
+    run kept one: summary.json's ema_test_acc and ema_test_acc_tta); the result says which.
+    `tta_below` None: the run's own; else TTA only where the plain top-class probability is
+    below it (config.tta_below), the share of images it took under "tta"."""
     trained = load_model(path, device, weights)
     config = trained.config
     dataset = run_data(config, data)
@@ -53,7 +56,7 @@ def evaluate_checkpoint(
         out["shared_classes"] = shared
     if level:
         out["tta"] = {
-            **trained.evaluate(images, labels, level, batch_size=batch_size),
+            **trained.evaluate(images, labels, level, batch_size=batch_size, tta_below=tta_below),
             "level": level,
         }
     return out

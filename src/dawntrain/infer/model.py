@@ -63,8 +63,10 @@ class TrainedModel:
         probabilities: bool = False,
         precision: str | None = None,
         batch_size: int | None = None,
+        tta_below: float | None = None,
     ) -> dict[str, Any]:
-        """engine.evaluate on uint8 NHWC arrays, in this process alone."""
+        """engine.evaluate on uint8 NHWC arrays, in this process alone; `tta_below` None: the
+        run's own (config.tta_below)."""
         x = torch.as_tensor(np.ascontiguousarray(images)).to(self.device)
         y = None if labels is None else torch.as_tensor(np.asarray(labels)).long().to(self.device)
         c = self.config
@@ -72,6 +74,7 @@ class TrainedModel:
             self.model, x, y, self.normalizer, batch_size or c.eval_batch_size,
             precision or self.precision, c.channels_last, tta_level=tta_level,
             probabilities=probabilities, all_ranks=False,
+            tta_below=c.tta_below if tta_below is None else tta_below,
         )  # fmt: skip
 
 

@@ -375,6 +375,8 @@ def split_metrics(
     for suffix, level in (("", 0), ("_tta", tta_level)) if tta_level else (("", 0),):
         result = run.evaluate(x, y, level, ema=ema)
         out.update({f"{name}_{k}{suffix}": result[k] for k in ("loss", "acc", "top5")})
+    if tta_level and run.config.tta_below < 1.0:
+        out[f"{name}_tta_fraction"] = result["tta_fraction"]
     return out
 
 
