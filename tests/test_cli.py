@@ -113,6 +113,24 @@ def test_summary_columns_title_input_size_and_flops(capsys):
     assert out.startswith("tiny-imagenet-resnet preset, model preact_resnet: 64x64 input")
 
 
+def test_summary_prints_the_whole_runs_flops_as_the_accuracy_bench_counts_them(capsys):
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+
+    assert main(["summary", "--preset", "fast", "--run-images", "5000,1000"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    want = run_flops(model_for(resolve("fast"), 10), resolve("fast"), (3, 32, 32), 5000, 1000)
+    assert last.startswith("Whole run (10 epochs, 5,000 training and 1,000 test images): ")
+    assert f"{want['total'] / 1e15:.3f} PFLOP (train {want['train'] / 1e15:.4f}," in last
+    # cifar10 (the preset's source) has its official counts; bad counts are refused.
+    assert main(["summary", "--preset", "fast", "--epochs", "8"]) == 0
+    assert "8 epochs, 50,000 training and 10,000 test images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["summary", "--run-images", "5000"])
+    assert "TRAIN,TEST" in capsys.readouterr().err
+
+
 def test_a_closed_pipe_ends_quietly(monkeypatch):
     class ClosedPipe:
         def write(self, text):

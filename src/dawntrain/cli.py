@@ -263,11 +263,49 @@ def cmd_summary(args: argparse.Namespace) -> int:
     what = f"{cfg.preset} preset" + (f", model {cfg.model}" if cfg.model != cfg.preset else "")
     title = f"{what}: {side}x{side} input, {classes} classes"
     print(format_summary(model, (3, side, side), title=title))
+    images = args.run_images or RUN_IMAGES.get(cfg.data)
+    if images:
+        print(_run_flops_line(model, cfg, side, *images))
     return 0
 
 
 def _num_classes(cfg) -> int:
     return 200 if cfg.data in ("tiny-imagenet",) else 10
+
+
+# (training, test) images of the official sets, for `summary`'s whole-run FLOPs.
+RUN_IMAGES = {"cifar10": (50_000, 10_000), "tiny-imagenet": (100_000, 10_000)}
+
+
+def _run_flops_line(model, cfg, side: int, n_train: int, n_test: int) -> str:
+    """The whole run's FLOPs (analysis.flop_count.run_flops) as fit() would split the data."""
+    from dawntrain.analysis.flop_count import run_flops
+
+    held = cfg.val_from_train
+    counts = (n_train - held, held or n_test, n_test if held else None)
+    parts = run_flops(model, cfg, (3, side, side), *counts)
+    shown = ", ".join(
+        f"{k.replace('_', ' ')} {v / 1e15:.4f}" for k, v in parts.items() if k != "total"
+    )
+    line = (
+        f"Whole run ({cfg.epochs} epochs, {n_train:,} training and {n_test:,} test images): "
+        f"{parts['total'] / 1e15:.3f} PFLOP ({shown})"
+    )
+    if cfg.tta_level and cfg.tta_below < 1:
+        line += "; TTA counted on every test image (the run measures its share)"
+    return line
+
+
+def _image_counts(text: str) -> tuple[int, int]:
+    try:
+        n_train, n_test = (int(n) for n in text.split(","))
+    except ValueError:
+        n_train = n_test = -1
+    if n_train <= 0 or n_test < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give TRAIN,TEST image counts, e.g. 50000,10000"
+        )
+    return n_train, n_test
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
@@ -747,6 +785,13 @@ def _model_parsers(sub) -> None:
     _add_config_options(p)
     p.add_argument("--image-size", type=int, help="input side (default: the model's)")
     p.add_argument("--num-classes", type=int, help="classes (default: the data source's)")
+    p.add_argument(
+        "--run-images",
+        type=_image_counts,
+        metavar="TRAIN,TEST",
+        help="print the whole run's FLOPs for this many training and test images (default for "
+        "cifar10 and tiny-imagenet: the official counts)",
+    )
     p.set_defaults(func=cmd_summary)
 
 
