@@ -170,7 +170,7 @@ def test_run_flops_counts_training_x3_and_every_evaluation_pass():
     got = run_flops(model, config, (3, 2, 2), n_train=100, n_val=30, n_test=20)
     assert got["train"] == 3 * f * 100 * 4
     assert got["validation"] == f * 30 * 2  # after epochs 2 and 4
-    assert got["test"] == f * 20 * (1 + 6)  # plain, then 6 views at TTA level 2
+    assert got["test"] == f * 20 * 6  # 6 views at TTA level 2, the first one the plain figures
     assert got["sanity_check"] == f * 30
     assert got["total"] == sum(v for k, v in got.items() if k != "total")
     # Validation on the test set and no TTA or lookahead: no second test pass.

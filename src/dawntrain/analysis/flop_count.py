@@ -201,12 +201,13 @@ def run_flops(
 ) -> dict[str, int]:
     """FLOPs of a whole run the way the public speed records count them: multiply-adds x2 of
     convolutions and linear layers only, x3 for a training step (forward and backward), plus
-    every evaluation pass (the per-epoch validations, the final test with and without TTA, the
-    untrained-model check), each training epoch at its own size under progressive resizing
-    (config.train_sizes). `n_test` None: the final test is the validation set, evaluated
-    again only where TTA or lookahead asks for it. `tta_fraction`: the share of the test images
-    that took the TTA views (config.tta_below < 1: what the run measured, its summary's
-    test_tta_fraction); the others cost the one plain pass. Returns each part and the total."""
+    every evaluation pass (the per-epoch validations; the final test, whose figures without
+    TTA come from TTA's first view; the untrained-model check), each training epoch at its own
+    size under progressive resizing (config.train_sizes). `n_test` None: the final test is the
+    validation set, evaluated again only where TTA or lookahead asks for it. `tta_fraction`:
+    the share of the test images that took the TTA views (config.tta_below < 1: what the run
+    measured, its summary's test_tta_fraction); the others cost the one plain pass. Returns
+    each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
     c, full = input_shape[0], input_shape[-1]
@@ -222,8 +223,8 @@ def run_flops(
     test_images = n_val if n_test is None else n_test
     tests = 0
     if n_test is not None or config.tta_level or config.lookahead:
-        tta = 1 + tta_fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
-        tests = round(test_images * (1 + tta))
+        extra = tta_fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
+        tests = round(test_images * (1 + extra))
     parts = {
         "train": 3 * train_forward * n_train,
         "validation": forward * n_val * validations,

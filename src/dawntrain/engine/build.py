@@ -221,15 +221,21 @@ class Run:
         stats.add(loss, logits, y, bad, global_step)
 
     def evaluate(
-        self, images: torch.Tensor, labels: torch.Tensor, tta_level: int = 0, ema: bool = False
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        tta_level: int = 0,
+        ema: bool = False,
+        with_plain: bool = False,
     ) -> dict:
         """Loss and accuracies over all ranks, each evaluating its shard; `ema`: of the EMA of
-        the weights instead of the weights."""
+        the weights instead of the weights; `with_plain`: engine.evaluate's."""
         shard = slice(self.world.rank, None, self.world.size)
         c = self.config
         return evaluate(
             self.ema.module if ema else self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
             self.precision, c.channels_last, tta_level=tta_level, tta_below=c.tta_below,
+            with_plain=with_plain,
         )  # fmt: skip
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:

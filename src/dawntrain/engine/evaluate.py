@@ -41,16 +41,33 @@ def tta_logits(
 
 
 def tta_where_unsure(
-    model: nn.Module, x: torch.Tensor, level: int, below: float
+    model: nn.Module,
+    x: torch.Tensor,
+    level: int,
+    below: float,
+    plain: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, unsure): the plain logits, replaced by tta_logits for the images whose plain
-    top-class probability is below `below` (the `unsure` mask); only those pay for the views."""
-    logits = model(x)
+    """(logits, unsure): the plain logits (`plain`, where computed already), replaced by
+    tta_logits for the images whose plain top-class probability is below `below` (the `unsure`
+    mask); only those pay for the views."""
+    logits = model(x) if plain is None else plain
     unsure = F.softmax(logits.float(), dim=1).amax(1) < below
     if unsure.any():
         logits = logits.clone()
         logits[unsure] = tta_logits(model, x[unsure], level, logits[unsure]).to(logits.dtype)
     return logits, unsure
+
+
+def _scores(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A batch's (loss sum, top-1 correct, top-5 correct), float64."""
+    k = min(TOP_K, logits.shape[1])
+    return torch.stack(
+        [
+            F.cross_entropy(logits.float(), y, reduction="sum").double(),
+            (logits.argmax(1) == y).sum().double(),
+            (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum().double(),
+        ]
+    )
 
 
 @torch.no_grad()
@@ -66,60 +83,57 @@ def evaluate(
     probabilities: bool = False,
     all_ranks: bool = True,
     tta_below: float = 1.0,
+    with_plain: bool = False,
 ) -> dict[str, Any]:
     """Mean loss, accuracy (top-1) and top-5 accuracy of uint8 NHWC `images`, with running
     BatchNorm statistics. Under torch.distributed each rank passes its shard and gets the totals
     (`all_ranks`); one rank alone (the report) passes all_ranks=False. `labels` None: only the
     probabilities. `probabilities`: also the softmax (N, classes) float32 as numpy, and the
     predicted classes. `tta_below` < 1 (config.tta_below): the views only where the plain
-    prediction is less sure than that; "tta_fraction" says for what share of the images."""
+    prediction is less sure than that; "tta_fraction" says for what share of the images.
+    `with_plain` (with a TTA level): also the figures without TTA, under "plain", from the
+    same pass (TTA's first view is the plain image: a second pass would recompute it)."""
     was_training = model.training
     model.eval()
     device = images.device
     if labels is None:
         labels = torch.full((len(images),), -1, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    correct_k = torch.zeros((), device=device, dtype=torch.int64)
+    with_plain = with_plain and bool(tta_level)
+    sums = torch.zeros(2 if with_plain else 1, 3, device=device, dtype=torch.float64)
     with_views = torch.zeros((), device=device, dtype=torch.int64)
     selective = bool(tta_level) and tta_below < 1.0
     scored = bool(len(labels)) and int(labels.min()) >= 0
     probs = []
     for x, y in eval_batches(images, labels, batch_size):
         with autocast(device, precision):
+            x = normalizer(x, channels_last)
+            plain = model(x)
             if selective:
-                logits, unsure = tta_where_unsure(
-                    model, normalizer(x, channels_last), tta_level, tta_below
-                )
+                logits, unsure = tta_where_unsure(model, x, tta_level, tta_below, plain)
                 with_views += unsure.sum()
             else:
-                logits = tta_logits(model, normalizer(x, channels_last), tta_level)
+                logits = tta_logits(model, x, tta_level, plain)
         if probabilities:
             probs.append(F.softmax(logits.float(), dim=1).cpu())
         if scored:
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            k = min(TOP_K, logits.shape[1])
-            correct_k += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
+            sums[0] += _scores(logits, y)
+            if with_plain:
+                sums[1] += _scores(plain, y)
     model.train(was_training)
     out: dict[str, Any] = {}
     if scored or all_ranks:
-        totals = torch.stack(
-            [
-                loss_sum,
-                correct.double(),
-                correct_k.double(),
-                torch.tensor(len(labels), device=device).double(),
-                with_views.double(),
-            ]
-        )
+        counts = torch.stack([torch.tensor(len(labels), device=device), with_views]).double()
+        totals = torch.cat([sums.flatten(), counts])
         if all_ranks:
             totals = distributed.all_reduce_(totals)
-        loss, top1, top5, n, views = totals.tolist()
+        *figures, n, views = totals.tolist()
         n = max(1, n)
-        out = {"loss": loss / n, "acc": top1 / n, "top5": top5 / n, "examples": int(n)}
+        as_means = lambda loss, top1, top5: {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}  # noqa: E731
+        out = {**as_means(*figures[:3]), "examples": int(n)}
         if tta_level:
             out["tta_fraction"] = views / n if selective else 1.0
+        if with_plain:
+            out["plain"] = as_means(*figures[3:])
     if probabilities:
         p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
         out.update(probabilities=p, predictions=p.argmax(1) if len(p) else np.array([], np.int64))

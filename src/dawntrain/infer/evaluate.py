@@ -49,16 +49,17 @@ def evaluate_checkpoint(
             trained.check_classes(data_classes, "the data", hint)
         images, labels, shared = _on_shared_classes(images, labels, data_classes, own)
     level = config.tta_level if tta_level is None else tta_level
-    result = trained.evaluate(images, labels, batch_size=batch_size)
-    out = {**result, "split": "test", "source": getattr(dataset, "source", data or config.data)}
+    # With TTA, the plain figures come from the same pass, as the run's final test took them.
+    result = trained.evaluate(
+        images, labels, level, batch_size=batch_size, tta_below=tta_below, with_plain=True
+    )
+    plain = {**result.pop("plain"), "examples": result["examples"]} if level else result
+    out = {**plain, "split": "test", "source": getattr(dataset, "source", data or config.data)}
     out["weights"] = weights
     if shared is not None:
         out["shared_classes"] = shared
     if level:
-        out["tta"] = {
-            **trained.evaluate(images, labels, level, batch_size=batch_size, tta_below=tta_below),
-            "level": level,
-        }
+        out["tta"] = {**result, "level": level}
     return out
 
 

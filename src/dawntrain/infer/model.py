@@ -64,6 +64,7 @@ class TrainedModel:
         precision: str | None = None,
         batch_size: int | None = None,
         tta_below: float | None = None,
+        with_plain: bool = False,
     ) -> dict[str, Any]:
         """engine.evaluate on uint8 NHWC arrays, in this process alone; `tta_below` None: the
         run's own (config.tta_below)."""
@@ -74,7 +75,7 @@ class TrainedModel:
             self.model, x, y, self.normalizer, batch_size or c.eval_batch_size,
             precision or self.precision, c.channels_last, tta_level=tta_level,
             probabilities=probabilities, all_ranks=False,
-            tta_below=c.tta_below if tta_below is None else tta_below,
+            tta_below=c.tta_below if tta_below is None else tta_below, with_plain=with_plain,
         )  # fmt: skip
 
 

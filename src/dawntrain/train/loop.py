@@ -369,12 +369,11 @@ def split_metrics(
     run: Run, split: str, x: torch.Tensor, y: torch.Tensor, tta_level: int = 0, ema: bool = False
 ) -> dict[str, Any]:
     """{split}_loss, {split}_acc and {split}_top5 of the weights (`ema`: of their EMA, named
-    ema_{split}_...) on (x, y), then the same three with _tta for `tta_level`."""
+    ema_{split}_...) on (x, y), then the same three with _tta for `tta_level`, from one pass."""
     name = f"ema_{split}" if ema else split
-    out = {}
-    for suffix, level in (("", 0), ("_tta", tta_level)) if tta_level else (("", 0),):
-        result = run.evaluate(x, y, level, ema=ema)
-        out.update({f"{name}_{k}{suffix}": result[k] for k in ("loss", "acc", "top5")})
+    result = run.evaluate(x, y, tta_level, ema=ema, with_plain=True)
+    passes = {"": result.get("plain", result)} | ({"_tta": result} if tta_level else {})
+    out = {f"{name}_{k}{sfx}": r[k] for sfx, r in passes.items() for k in ("loss", "acc", "top5")}
     if tta_level and run.config.tta_below < 1.0:
         out[f"{name}_tta_fraction"] = result["tta_fraction"]
     return out
