@@ -222,3 +222,28 @@ def test_profile_kinds_of_operator_names():
     assert kind_of("aten::amax") == "reductions"
     assert kind_of("aten::copy_") == "copies and layout"
     assert kind_of("aten::add_") == "elementwise" and kind_of("aten::nonsense") == "other"
+
+
+def test_bench_tta_rows_are_what_a_run_with_that_threshold_evaluates(tmp_path, capsys):
+    from dawntrain.config import resolve
+    from dawntrain.infer.evaluate import evaluate_checkpoint
+    from dawntrain.train import fit
+
+    sets = ["width=4", "epochs=1", "batch_size=100", "sanity_check=false", "report=false"]
+    sets += ["device=cpu", "precision=fp32", "tta_level=2", "data=sample"]
+    fit(resolve("fast", sets=sets, overrides={"out": str(tmp_path / "run"), "quiet": True}))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    args = ["bench", "tta", "--checkpoint", str(ckpt), "--thresholds", "0.3,0.6,0.9"]
+    assert main(args + ["--results", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("tta-*.json")).read_text())
+    rows = result["rows"]
+    assert [r["tta_below"] for r in rows] == [0.3, 0.6, 0.9]
+    shares = [r["tta_fraction"] for r in rows]
+    assert shares == sorted(shares) and shares[-1] > 0  # one epoch: many images are unsure
+    for r in rows:
+        got = evaluate_checkpoint(ckpt, device="cpu", tta_below=r["tta_below"])["tta"]
+        assert (got["acc"], got["tta_fraction"]) == (r["acc"], r["tta_fraction"])
+        assert r["views_per_image"] == 1 + 5 * r["tta_fraction"]
+    assert "share with views" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args + ["--tta", "0"])  # not a choice: the run's level or another

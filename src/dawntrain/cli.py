@@ -365,6 +365,19 @@ def cmd_bench_conv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_tta(args: argparse.Namespace) -> int:
+    from dawntrain.bench import tta
+
+    thresholds = args.thresholds or tta.THRESHOLDS
+    result = tta.run(
+        args.checkpoint, args.data, args.tta, thresholds, args.device or "auto", args.weights
+    )
+    path = _write_result(args.results, "tta", result)
+    print(json.dumps(result) if args.json else tta.format_table(result))
+    print(f"written to {path}")
+    return 0
+
+
 def _bench_runs(args: argparse.Namespace, kind: str, preset: str) -> Path:
     """Where a benchmark's training runs go: --out, else under the results directory."""
     out = args.out or args.results / "runs" / f"{kind}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -843,6 +856,20 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_conv)
+    p = _command(bench_sub, "tta", "a trained run's accuracy and TTA cost for each tta_below")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--data", help="its test set instead of the run's")
+    _device_option(p)
+    p.add_argument("--tta", type=int, choices=[1, 2], help="TTA level (default: the run's)")
+    p.add_argument(
+        "--thresholds",
+        type=lambda text: tuple(_unit_interval(t) for t in text.split(",")),
+        help="tta_below values, comma-separated (default: 0.5 to 0.999)",
+    )
+    _weights_option(p)
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
+    p.set_defaults(func=cmd_bench_tta)
     runs_out = dict(type=Path, help="directory for the training runs (default RESULTS/runs/...)")
     p = _command(bench_sub, "accuracy", "test accuracy over N seeds, with wall time per run")
     _add_config_options(p)

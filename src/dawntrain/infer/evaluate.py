@@ -9,7 +9,7 @@ import numpy as np
 
 from dawntrain.engine.build import run_data
 from dawntrain.errors import DataError
-from dawntrain.infer.model import class_list, load_model
+from dawntrain.infer.model import TrainedModel, class_list, load_model
 
 
 def evaluate_checkpoint(
@@ -37,6 +37,27 @@ def evaluate_checkpoint(
     below it (config.tta_below), the share of images it took under "tta"."""
     trained = load_model(path, device, weights)
     config = trained.config
+    images, labels, source, shared = test_set(trained, data, shared_classes)
+    level = config.tta_level if tta_level is None else tta_level
+    # With TTA, the plain figures come from the same pass, as the run's final test took them.
+    result = trained.evaluate(
+        images, labels, level, batch_size=batch_size, tta_below=tta_below, with_plain=True
+    )
+    plain = {**result.pop("plain"), "examples": result["examples"]} if level else result
+    out = {**plain, "split": "test", "source": source}
+    out["weights"] = weights
+    if shared is not None:
+        out["shared_classes"] = shared
+    if level:
+        out["tta"] = {**result, "level": level}
+    return out
+
+
+def test_set(trained: TrainedModel, data: str | None = None, shared_classes: bool = False):
+    """(images, labels, source name, shared class names or None): the test set of `data`
+    (default: the run's own source), checked and resized as the run's data was; data of other
+    classes is refused unless `shared_classes` (see evaluate_checkpoint)."""
+    config = trained.config
     dataset = run_data(config, data)
     if dataset.test_images is None:
         raise DataError(f"data source {data or config.data} has no test set to evaluate on")
@@ -48,19 +69,7 @@ def evaluate_checkpoint(
             hint = ", or pass --shared-classes to use the classes both have"
             trained.check_classes(data_classes, "the data", hint)
         images, labels, shared = _on_shared_classes(images, labels, data_classes, own)
-    level = config.tta_level if tta_level is None else tta_level
-    # With TTA, the plain figures come from the same pass, as the run's final test took them.
-    result = trained.evaluate(
-        images, labels, level, batch_size=batch_size, tta_below=tta_below, with_plain=True
-    )
-    plain = {**result.pop("plain"), "examples": result["examples"]} if level else result
-    out = {**plain, "split": "test", "source": getattr(dataset, "source", data or config.data)}
-    out["weights"] = weights
-    if shared is not None:
-        out["shared_classes"] = shared
-    if level:
-        out["tta"] = {**result, "level": level}
-    return out
+    return images, labels, getattr(dataset, "source", data or config.data), shared
 
 
 def _on_shared_classes(images, labels, data_classes: list[str], own: list[str]):
