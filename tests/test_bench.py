@@ -140,6 +140,18 @@ def test_bench_ablation_runs_each_row_with_its_change(tmp_path, capsys):
     assert "no whitening" in printed and "PFLOP" in printed
 
 
+def test_every_ablation_row_is_a_valid_change_of_the_fast_presets():
+    from dawntrain.bench.ablation import ABLATIONS
+    from dawntrain.config import apply, resolve, validate
+
+    for preset in ("fast", "fast-sgd"):
+        base = resolve(preset)
+        for name, changes in ABLATIONS.items():
+            changes = changes(base) if callable(changes) else changes
+            changed = validate(apply(base, changes, name))
+            assert name == "preset" or changed != base, (preset, name)
+
+
 def test_bench_ablation_rejects_unknown_rows_before_training(tmp_path, capsys):
     args = ["bench", "ablation", "--preset", "fast", "--rows", "preset,no magic"]
     args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path)]

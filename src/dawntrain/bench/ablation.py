@@ -40,6 +40,19 @@ ABLATIONS: dict[str, Changes] = {
     "no alternating flip": {"alternate_flip": False},
     "pooling toggled": lambda c: {"ceil_pool": not c.ceil_pool},  # 16/8/4 maps ↔ 15/7/3
     "other optimizer": _optimizer_swapped,
+    # Switched on, not off: the FLOP savings (docs/recipes.md), one at a time and together.
+    # "budget": 0.258 PFLOP a run by `dawntrain summary`'s count with TTA on every image, 0.25
+    # where 30% of the test images are unsure.
+    "8 epochs": {"epochs": 8},  # airbench94_muon's length
+    "progressive resizing": {"train_sizes": [24, 24, 28]},
+    "TTA where unsure": {"tta_below": 0.99},
+    "budget": {
+        "epochs": 8,
+        "ceil_pool": False,
+        "train_sizes": [24, 24, 28],
+        "tta_below": 0.99,
+        "eval_every": 0,  # validation only after the last epoch: it does not steer training
+    },
 }
 
 
