@@ -70,6 +70,11 @@ def _scores(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _means(sums: list[float], n: float) -> dict[str, float]:
+    loss, top1, top5 = sums
+    return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -128,12 +133,11 @@ def evaluate(
             totals = distributed.all_reduce_(totals)
         *figures, n, views = totals.tolist()
         n = max(1, n)
-        as_means = lambda loss, top1, top5: {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}  # noqa: E731
-        out = {**as_means(*figures[:3]), "examples": int(n)}
+        out = {**_means(figures[:3], n), "examples": int(n)}
         if tta_level:
             out["tta_fraction"] = views / n if selective else 1.0
         if with_plain:
-            out["plain"] = as_means(*figures[3:])
+            out["plain"] = _means(figures[3:], n)
     if probabilities:
         p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
         out.update(probabilities=p, predictions=p.argmax(1) if len(p) else np.array([], np.int64))
