@@ -91,3 +91,14 @@ def test_a_run_records_the_share_and_eval_reproduces_it(tmp_path, capsys):
     assert result["tta"]["acc"] == final["test_acc_tta"]
     # Another threshold from the command line: 1 is every image again.
     assert evaluate_checkpoint(ckpt, data, "cpu", tta_below=1.0)["tta"]["tta_fraction"] == 1.0
+
+
+def test_eval_prints_the_share_that_took_the_views():
+    from dawntrain.cli import format_evaluation
+
+    figures = {"loss": 0.5, "acc": 0.9, "top5": 0.99, "examples": 100}
+    result = {**figures, "split": "test", "source": "cifar10"}
+    result["tta"] = {**figures, "level": 2, "tta_fraction": 0.25}
+    assert format_evaluation(result).endswith("(views on 25.0% of the images)")
+    result["tta"]["tta_fraction"] = 1.0
+    assert "views on" not in format_evaluation(result)
