@@ -856,20 +856,7 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_conv)
-    p = _command(bench_sub, "tta", "a trained run's accuracy and TTA cost for each tta_below")
-    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
-    p.add_argument("--data", help="its test set instead of the run's")
-    _device_option(p)
-    p.add_argument("--tta", type=int, choices=[1, 2], help="TTA level (default: the run's)")
-    p.add_argument(
-        "--thresholds",
-        type=lambda text: tuple(_unit_interval(t) for t in text.split(",")),
-        help="tta_below values, comma-separated (default: 0.5 to 0.999)",
-    )
-    _weights_option(p)
-    p.add_argument("--json", **as_json)
-    p.add_argument("--results", **results)
-    p.set_defaults(func=cmd_bench_tta)
+    _bench_tta_parser(bench_sub, results, as_json)
     runs_out = dict(type=Path, help="directory for the training runs (default RESULTS/runs/...)")
     p = _command(bench_sub, "accuracy", "test accuracy over N seeds, with wall time per run")
     _add_config_options(p)
@@ -894,6 +881,23 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_data)
+
+
+def _bench_tta_parser(bench_sub, results: dict, as_json: dict) -> None:
+    p = _command(bench_sub, "tta", "a trained run's accuracy and TTA cost for each tta_below")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--data", help="its test set instead of the run's")
+    _device_option(p)
+    p.add_argument("--tta", type=int, choices=[1, 2], help="TTA level (default: the run's)")
+    p.add_argument(
+        "--thresholds",
+        type=lambda text: tuple(_unit_interval(t) for t in text.split(",")),
+        help="tta_below values, comma-separated (default: 0.5 to 0.999)",
+    )
+    _weights_option(p)
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
+    p.set_defaults(func=cmd_bench_tta)
 
 
 def _data_parsers(sub) -> None:
