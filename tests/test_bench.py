@@ -183,6 +183,29 @@ def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
     assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err
 
 
+def test_bench_conv_takes_a_presets_own_convolutions(tmp_path, capsys):
+    from dawntrain.bench import conv
+    from dawntrain.config import resolve
+
+    # The floored fast network: 31x31 after whitening, pooled inside each group to 15, 7, 3.
+    shapes = conv.preset_shapes(resolve("fast", None, ["ceil_pool=false"], {}))
+    assert shapes == [
+        ("groups.0.conv1", (1024, 24, 64, 31)),
+        ("groups.0.conv2", (1024, 64, 64, 15)),
+        ("groups.1.conv1", (1024, 64, 256, 15)),
+        ("groups.1.conv2", (1024, 256, 256, 7)),
+        ("groups.2.conv1", (1024, 256, 256, 7)),
+        ("groups.2.conv2", (1024, 256, 256, 3)),
+    ]
+    args = ["bench", "conv", "--preset", "fast", "--set", "batch_size=2", "--set", "width=8"]
+    assert main([*args, "--repeats", "1", "--json", "--results", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out.splitlines()[0])["rows"]
+    assert [r["layer"] for r in rows][:2] == ["groups.0.conv1", "groups.0.conv2"]
+    assert (rows[0]["batch"], rows[0]["channels"], rows[0]["c_out"]) == (2, 24, 8)
+    assert all(r["library_gflops"] > 0 for r in rows)
+    assert main(["bench", "conv", "--preset", "fast", "--shapes", "2x8x4"]) == 2
+
+
 @pytest.mark.parametrize("pays", [True, False])
 def test_throughput_shows_the_matmul_conv_row_that_the_cpu_kind_calls_for(pays, monkeypatch):
     from dawntrain.bench.throughput import variants_for

@@ -348,17 +348,26 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
 def cmd_bench_conv(args: argparse.Namespace) -> int:
     from dawntrain.bench import conv
 
-    shapes = conv.SHAPES
+    shapes, names = conv.SHAPES, None
+    if args.shapes and args.preset:
+        raise ConfigError("bench conv: give --shapes or --preset, not both")
     if args.shapes:
         try:
-            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+            given = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
         except ValueError:
-            shapes = []
-        if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+            given = []
+        if not given or any(len(s) not in (3, 4) or min(s) < 1 for s in given):
             raise ConfigError(
-                f"--shapes {args.shapes!r}: give BATCHxCHANNELSxSIDE,... e.g. 512x512x4"
+                f"--shapes {args.shapes!r}: give BATCHxCHANNELSxSIDE or "
+                "BATCHxC_INxC_OUTxSIDE,... e.g. 512x512x4,1024x64x256x15"
             )
-    result = conv.run(shapes, repeats=args.repeats, precision=args.precision)
+        shapes = [(s[0], s[1], s[1], s[2]) if len(s) == 3 else s for s in given]
+    elif args.preset:
+        from dawntrain import config
+
+        cfg = config.resolve(args.preset, None, args.set, {})
+        names, shapes = map(list, zip(*conv.preset_shapes(cfg, args.image_size)))
+    result = conv.run(shapes, repeats=args.repeats, precision=args.precision, names=names)
     path = _write_result(args.results, "conv", result)
     print(json.dumps(result) if args.json else conv.format_table(result))
     print(f"written to {path}")
@@ -845,7 +854,17 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_profile)
     p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
-    p.add_argument("--shapes", help="BATCHxCHANNELSxSIDE,... (default: bench/conv.py's SHAPES)")
+    p.add_argument(
+        "--shapes",
+        help="BATCHxCHANNELSxSIDE or BATCHxC_INxC_OUTxSIDE,... (default: bench/conv.py's SHAPES)",
+    )
+    p.add_argument(
+        "--preset", help="time every 3x3 convolution of this preset's model at its batch instead"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="with --preset: a config key"
+    )
+    p.add_argument("--image-size", type=int, help="with --preset: the input side (default its own)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
     p.add_argument(
         "--precision",

@@ -193,6 +193,13 @@ def draw_accuracy(ax: Axes, results: list[tuple[dict[str, Any], str]]) -> None:
     ax.set_title("accuracy runs" + dotted)
 
 
+def _conv_label(row: dict[str, Any]) -> str:
+    c_in, c_out = row["channels"], row.get("c_out", row["channels"])
+    channels = f"c{c_in}" if c_in == c_out else f"c{c_in}>{c_out}"
+    layer = f"{row['layer']} " if row.get("layer") else ""
+    return f"{layer}b{row['batch']} {channels} {row['side']}x{row['side']}"
+
+
 def draw_conv(ax: Axes, result: dict[str, Any], label: str) -> None:
     """Time per shape of the library convolution and the matmul form, with the speed-up."""
     rows = result["rows"]
@@ -207,7 +214,7 @@ def draw_conv(ax: Axes, result: dict[str, Any], label: str) -> None:
     ax.barh(y + 0.2, [r["matmul_ms"] for r in rows], height=0.4, label="matmul form")
     for i, r in enumerate(rows):
         ax.text(max(r["library_ms"], r["matmul_ms"]), i, f" ×{r['speedup']:.2f}", va="center")
-    ax.set_yticks(y, [f"b{r['batch']} c{r['channels']} {r['side']}x{r['side']}" for r in rows])
+    ax.set_yticks(y, [_conv_label(r) for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, max(max(r["library_ms"], r["matmul_ms"]) for r in rows) * 1.25)
     ax.set_xlabel("ms per forward + backward (×: library time / matmul time)")
