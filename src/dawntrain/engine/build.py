@@ -182,7 +182,7 @@ class Run:
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
         if 0 < self.config.whiten_bias_epochs <= epoch:
-            freeze_group(self.optimizer, "whiten_bias")
+            freeze_group(self.optimizer, "whiten_bias", drop_grads=not self.world.active)
 
     def train_side(self, epoch: int) -> int:
         """The side of the images the model trains on in 0-based `epoch` (config.train_sizes;
@@ -227,15 +227,17 @@ class Run:
         tta_level: int = 0,
         ema: bool = False,
         with_plain: bool = False,
+        probabilities: bool = False,
     ) -> dict:
         """Loss and accuracies over all ranks, each evaluating its shard; `ema`: of the EMA of
-        the weights instead of the weights; `with_plain`: engine.evaluate's."""
+        the weights instead of the weights; `with_plain`, `probabilities` (this rank's shard's):
+        engine.evaluate's."""
         shard = slice(self.world.rank, None, self.world.size)
         c = self.config
         return evaluate(
             self.ema.module if ema else self.model, images[shard], labels[shard], self.normalizer, c.eval_batch_size,
             self.precision, c.channels_last, tta_level=tta_level, tta_below=c.tta_below,
-            with_plain=with_plain,
+            with_plain=with_plain, probabilities=probabilities,
         )  # fmt: skip
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:

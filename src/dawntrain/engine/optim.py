@@ -73,11 +73,19 @@ def make_sgd(
     )
 
 
-def freeze_group(optimizer: torch.optim.Optimizer, name: str) -> None:
-    """Stop a group from moving (its lr becomes 0 from the next set_lr on)."""
+def freeze_group(optimizer: torch.optim.Optimizer, name: str, drop_grads: bool = False) -> None:
+    """Stop a group from moving (its lr becomes 0 from the next set_lr on). `drop_grads` also
+    stops their gradients: autograd then skips the work that only fed them (the fast net's
+    whitening bias is why its first 3x3 conv computes an input gradient, at 31x31). The other
+    gradients, and so training, stay the same: the optimizers skip a parameter without one, and
+    a step at lr 0 left it where it was. Not under DDP, whose reducer waits for every gradient
+    it was built with."""
     for group in optimizer.param_groups:
         if group.get("name") == name:
             group["lr_scale"] = 0.0
+            if drop_grads:
+                for p in group["params"]:
+                    p.requires_grad_(False)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
