@@ -175,3 +175,25 @@ def test_cli_prints_a_table_or_json_and_fails_in_one_line(run, tmp_path, capsys)
         predict(run.ckpt, [tmp_path / "not-an-image.png"], device="cpu")
     assert main(["predict", "--checkpoint", str(run.ckpt), str(tmp_path / "missing.png")]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err
+
+
+def test_a_runs_report_takes_the_final_test_pass_instead_of_a_second_one(tmp_path, monkeypatch):
+    from dawntrain.analysis.callbacks import for_config
+
+    sets = ["width=4", "epochs=1", "batch_size=32", "image_size=16", "dropout=0.0", "tta_level=2"]
+    sets += ["sanity_check=false", "quiet=true", "precision=fp32", "device=cpu"]
+    config = resolve("davidnet", sets=sets, overrides={"out": str(tmp_path / "run")})
+    data = tiny_dataset()
+
+    def no_second_pass(*a, **k):
+        raise AssertionError("the report evaluated the test set again")
+
+    with monkeypatch.context() as m:
+        m.setattr(TrainedModel, "evaluate", no_second_pass)
+        final = fit(config, dataset=data, callbacks=for_config(config))
+    kept = dict(np.load(tmp_path / "run" / PREDICTIONS_FILE))
+    assert (kept["predictions"] == kept["labels"]).mean() == pytest.approx(final["test_acc_tta"])
+    (tmp_path / "run" / PREDICTIONS_FILE).unlink()
+    again = run_predictions(tmp_path / "run", data, device="cpu")  # evaluated from last.pt
+    np.testing.assert_array_equal(again["predictions"], kept["predictions"])
+    np.testing.assert_allclose(again["confidence"], kept["confidence"], rtol=1e-6)

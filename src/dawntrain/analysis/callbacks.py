@@ -66,7 +66,9 @@ class Report(Callback):
         if not run.world.is_main:
             return
         try:
-            path = write_report(state.out, data=state.dataset, device=str(run.device))
+            path = write_report(
+                state.out, state.dataset, str(run.device), probabilities=state.test_probabilities
+            )
         except Exception as e:
             warnings.warn(f"could not write {state.out / 'report.html'}: {e}", stacklevel=1)
             return

@@ -153,14 +153,17 @@ def _figure(heading: str, caption: str, fig) -> list[str]:
     ]
 
 
-def predictions_sections(run_dir: Path, data=None, device: str = "auto") -> list[str]:
+def predictions_sections(
+    run_dir: Path, data=None, device: str = "auto", probabilities=None
+) -> list[str]:
     """Confusion matrix, a grid of predictions, calibration, confused pairs and the most
-    confident mistakes of last.pt on the test set; a note where there are no predictions."""
+    confident mistakes of last.pt on the test set (`probabilities`: infer.run_predictions');
+    a note where there are no predictions."""
     from dawntrain.infer.predict import run_predictions
 
     parts = ["<h2>Test set: confusion matrix and predictions</h2>"]
     try:
-        predictions = run_predictions(run_dir, data, device)
+        predictions = run_predictions(run_dir, data, device, probabilities)
     except DawntrainError as e:
         return parts + [_note(f"no test predictions: {e}")]
     parts += [
@@ -201,8 +204,9 @@ def model_sections(run_dir: Path, device: str = "auto") -> list[str]:
     return parts + _figure(model["filters_heading"], model["filters_caption"], model["filters"])
 
 
-def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
-    """The report page of a run directory, as HTML text."""
+def render_report(run_dir: Path, data=None, device: str = "auto", probabilities=None) -> str:
+    """The report page of a run directory, as HTML text; `probabilities`: last.pt's on the test
+    set, where the caller has them (fit's final pass), so they are not computed again."""
     run_dir = Path(run_dir)
     config_path, metrics_path = run_dir / "config.toml", run_dir / "metrics.jsonl"
     summary_path = run_dir / "summary.json"
@@ -230,7 +234,7 @@ def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
     else:
         parts.append(_note("no epoch finished yet"))
     parts += training_pictures(run_dir)
-    parts += predictions_sections(run_dir, data, device)
+    parts += predictions_sections(run_dir, data, device, probabilities)
     parts += model_sections(run_dir, device)
     parts += [
         "<h2>Metrics per epoch</h2>",
@@ -245,12 +249,13 @@ def render_report(run_dir: Path, data=None, device: str = "auto") -> str:
     )
 
 
-def write_report(run_dir: Path, data=None, device: str = "auto") -> Path:
-    """Write RUN/report.html (evaluating last.pt on the test set unless predictions.npz has it).
+def write_report(run_dir: Path, data=None, device: str = "auto", probabilities=None) -> Path:
+    """Write RUN/report.html (evaluating last.pt on the test set unless predictions.npz or
+    `probabilities` have it).
 
     `data`: the run's data set object or a source; None loads the run's own source."""
     out = Path(run_dir) / "report.html"
-    atomic_write(out, render_report(run_dir, data, device).encode("utf-8"))
+    atomic_write(out, render_report(run_dir, data, device, probabilities).encode("utf-8"))
     return out
 
 

@@ -162,7 +162,9 @@ def _cached(cache: Path, prefix: str) -> dict[str, np.ndarray] | None:
     return None
 
 
-def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str, np.ndarray]:
+def run_predictions(
+    run_dir: Path, data=None, device: str = "auto", probabilities: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Test-set predictions of RUN/checkpoints/last.pt, cached in RUN/predictions.npz.
 
     The cache is keyed by the checkpoint file (size, mtime) and the test set's content: with
@@ -174,7 +176,9 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     predicted class), true_probability (of the true class), class_names, tta_level, source,
     grid_index/grid_images: up to GRID_PER_KIND right and as many wrong test images, picked
     with a fixed seed, for the report, and mistake_index/mistake_images: the MISTAKES_KEPT most
-    confident wrong ones, most confident first (most_confident_mistakes)."""
+    confident wrong ones, most confident first (most_confident_mistakes). `probabilities`:
+    last.pt's on this test set, computed as above by the caller (fit's final test pass), taken
+    instead of evaluating again where their shape fits."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.pt"
     if not ckpt.is_file():
@@ -192,7 +196,10 @@ def run_predictions(run_dir: Path, data=None, device: str = "auto") -> dict[str,
     if (hit := _cached(cache, key)) is not None:
         return hit
 
-    probs = trained.evaluate(images, labels, config.tta_level, probabilities=True)["probabilities"]
+    probs = probabilities
+    if probs is None or probs.shape != (len(labels), len(classes)):
+        probs = trained.evaluate(images, labels, config.tta_level, probabilities=True)
+        probs = probs["probabilities"]
     predictions, confidence = probs.argmax(1), probs.max(1).astype(np.float32)
     mistakes = most_confident_mistakes(predictions, labels, confidence, MISTAKES_KEPT)
     rng = np.random.default_rng(0)

@@ -55,6 +55,9 @@ class LoopState:
     checkpoint_due: bool = False
     best: Any = None  # train.best.Best where config.best_metric is set: the best epoch so far
     init_from: dict[str, Any] | None = None  # the checkpoint the weights came from (--init-from)
+    # The final test pass's class probabilities of last.pt's weights (one process only), for
+    # callbacks that would otherwise evaluate the test set again (the report's predictions).
+    test_probabilities: Any = None
 
 
 class Callback:

@@ -352,7 +352,12 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
         return final
     x, y = run.test_set()
     for ema in (False, True) if run.ema is not None else (False,):
-        metrics = split_metrics(run, "test", x, y, c.tta_level, ema)
+        # The raw weights' probabilities are last.pt's on the test set: the report's predictions
+        # take them instead of a second pass (one process holds them all; under DDP a shard).
+        keep = not ema and not run.world.active
+        metrics = split_metrics(run, "test", x, y, c.tta_level, ema, probabilities=keep)
+        if keep:
+            state.test_probabilities = metrics.pop("probabilities")
         final.update(metrics)
         name = "ema_test" if ema else "test"
         line = f"test loss {metrics[f'{name}_loss']:.4f}  test acc {metrics[f'{name}_acc']:.4f}"
@@ -366,16 +371,25 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
 
 
 def split_metrics(
-    run: Run, split: str, x: torch.Tensor, y: torch.Tensor, tta_level: int = 0, ema: bool = False
+    run: Run,
+    split: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tta_level: int = 0,
+    ema: bool = False,
+    probabilities: bool = False,
 ) -> dict[str, Any]:
     """{split}_loss, {split}_acc and {split}_top5 of the weights (`ema`: of their EMA, named
-    ema_{split}_...) on (x, y), then the same three with _tta for `tta_level`, from one pass."""
+    ema_{split}_...) on (x, y), then the same three with _tta for `tta_level`, from one pass;
+    `probabilities`: also the pass's class probabilities (with TTA), under "probabilities"."""
     name = f"ema_{split}" if ema else split
-    result = run.evaluate(x, y, tta_level, ema=ema, with_plain=True)
+    result = run.evaluate(x, y, tta_level, ema=ema, with_plain=True, probabilities=probabilities)
     passes = {"": result.get("plain", result)} | ({"_tta": result} if tta_level else {})
     out = {f"{name}_{k}{sfx}": r[k] for sfx, r in passes.items() for k in ("loss", "acc", "top5")}
     if tta_level and run.config.tta_below < 1.0:
         out[f"{name}_tta_fraction"] = result["tta_fraction"]
+    if probabilities:
+        out["probabilities"] = result["probabilities"]
     return out
 
 
