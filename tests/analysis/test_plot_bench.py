@@ -131,6 +131,24 @@ def test_conv_and_data_panels(tmp_path):
     assert data.get_xscale() == "log"
 
 
+TTA = {
+    "checkpoint": "runs/x", "tta_level": 2, "plain_acc": 0.90, "tta_acc": 0.91,
+    "rows": [
+        {"tta_below": 0.5, "tta_fraction": 0.2, "acc": 0.905, "views_per_image": 2.0, "changed": 3},
+        {"tta_below": 0.9, "tta_fraction": 0.9, "acc": 0.91, "views_per_image": 5.5, "changed": 5},
+    ],
+}  # fmt: skip
+
+
+def test_tta_panel_is_accuracy_against_the_threshold_with_its_views(tmp_path):
+    assert plot_bench.bench_kind(TTA) == "tta"
+    ax = plot_bench.figure_bench([(tmp_path / "tta-1.json", "tta", TTA)]).axes[0]
+    assert list(ax.lines[0].get_xdata()) == [0.5, 0.9]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([90.5, 91.0])
+    assert [line.get_ydata()[0] for line in ax.lines[1:]] == pytest.approx([90.0, 91.0])
+    assert [t.get_text() for t in ax.texts] == ["2.00", "5.50"]
+
+
 def test_cli_writes_beside_the_first_file_or_to_out(tmp_path, capsys):
     first = write(tmp_path / "throughput-a.json", THROUGHPUT)
     second = write(tmp_path / "accuracy-b.json", ACCURACY)

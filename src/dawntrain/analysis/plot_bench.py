@@ -2,8 +2,9 @@
 
 The kind of a file is read from its content (bench/*.py write them): throughput (images/s per
 variant), ablation (accuracy per row), accuracy (per-seed results), conv (library against
-matmul convolution times), data (conversion and decoding rates) and profile (a step's
-operator time by kind and phase). Every file but an accuracy
+matmul convolution times), data (conversion and decoding rates), profile (a step's
+operator time by kind and phase) and tta (accuracy and test-time views per image against the
+tta_below threshold). Every file but an accuracy
 one gets a panel of its own; accuracy files share one panel, a column each, so that runs of
 different presets or dates compare.
 """
@@ -24,7 +25,7 @@ from matplotlib.transforms import offset_copy
 from dawntrain.analysis.plots import save
 from dawntrain.errors import DataError
 
-KINDS = ("throughput", "ablation", "accuracy", "conv", "data", "profile")
+KINDS = ("throughput", "ablation", "accuracy", "conv", "data", "profile", "tta")
 PHASE_COLORS = {
     "forward": "tab:blue", "backward": "tab:orange", "optimizer": "tab:green",
     "batching and augmentation": "tab:purple", "other": "tab:gray",
@@ -54,6 +55,8 @@ def bench_kind(result: Any) -> str | None:
         return "conv"
     if "changes" in first or (not rows and "runs" in result):
         return "ablation"
+    if "tta_below" in first:
+        return "tta"
     return None
 
 
@@ -71,7 +74,7 @@ def load_bench(path: Path) -> tuple[str, dict[str, Any]]:
         raise DataError(
             f"{path} is no benchmark result this chart knows; supported kinds: "
             f"{', '.join(KINDS)} (the JSON of `dawntrain bench throughput|ablation|accuracy|"
-            "conv|data`)"
+            "conv|data|profile|tta`)"
         )
     return kind, result
 
@@ -281,18 +284,44 @@ def draw_profile(ax: Axes, result: dict[str, Any], label: str) -> None:
     _legend_below(ax)
 
 
+def draw_tta(ax: Axes, result: dict[str, Any], label: str) -> None:
+    """Accuracy against tta_below, beside plain and full TTA's, with the views each costs."""
+    rows = result["rows"]
+    title = f"tta: {result.get('checkpoint', '')}, level {result.get('tta_level', '?')}; {label}"
+    if not rows:
+        return _no_rows(ax, title)
+    below = [r["tta_below"] for r in rows]
+    ax.plot(below, [100 * r["acc"] for r in rows], "o-", color=TTA, label="tta_below = x")
+    for key, name, color in (("plain_acc", "plain", PLAIN), ("tta_acc", "TTA on every image", "k")):
+        if result.get(key) is not None:
+            ax.axhline(100 * result[key], color=color, ls=":", label=name)
+    for r in rows:
+        ax.annotate(
+            f"{r['views_per_image']:.2f}", (r["tta_below"], 100 * r["acc"]),
+            textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7,
+        )  # fmt: skip
+    ax.set_xlabel("tta_below (labels: forward passes per test image)")
+    ax.set_ylabel("test accuracy, %")
+    ax.grid(alpha=0.3)
+    _legend_below(ax)
+    ax.set_title(title)
+
+
 DRAW: dict[str, Callable[[Axes, dict[str, Any], str], None]] = {
     "throughput": draw_throughput,
     "ablation": draw_ablation,
     "conv": draw_conv,
     "data": draw_data,
     "profile": draw_profile,
+    "tta": draw_tta,
 }
 
 
 def _height(kind: str, result: dict[str, Any]) -> float:
     if kind == "profile":
         return 1.6 + 0.42 * len({r["kind"] for r in result.get("parts") or []})
+    if kind == "tta":
+        return 4.5
     if kind == "data":
         rows = len(DATA_RATES) * len(result.get("datasets") or {})
     else:
