@@ -853,28 +853,7 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_profile)
-    p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
-    p.add_argument(
-        "--shapes",
-        help="BATCHxCHANNELSxSIDE or BATCHxC_INxC_OUTxSIDE,... (default: bench/conv.py's SHAPES)",
-    )
-    p.add_argument(
-        "--preset", help="time every 3x3 convolution of this preset's model at its batch instead"
-    )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="with --preset: a config key"
-    )
-    p.add_argument("--image-size", type=int, help="with --preset: the input side (default its own)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto: bf16 where the CPU has it fast, else fp32",
-    )
-    p.add_argument("--json", **as_json)
-    p.add_argument("--results", **results)
-    p.set_defaults(func=cmd_bench_conv)
+    _bench_conv_parser(bench_sub, results, as_json)
     _bench_tta_parser(bench_sub, results, as_json)
     runs_out = dict(type=Path, help="directory for the training runs (default RESULTS/runs/...)")
     p = _command(bench_sub, "accuracy", "test accuracy over N seeds, with wall time per run")
@@ -900,6 +879,35 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--json", **as_json)
     p.add_argument("--results", **results)
     p.set_defaults(func=cmd_bench_data)
+
+
+def _bench_conv_parser(bench_sub, results: dict, as_json: dict) -> None:
+    p = _command(bench_sub, "conv", "small-map 3x3 convolutions: library vs matmuls")
+    p.add_argument(
+        "--shapes",
+        help="BATCHxCHANNELSxSIDE or BATCHxC_INxC_OUTxSIDE,... (default: bench/conv.py's SHAPES)",
+    )
+    p.add_argument(
+        "--preset", help="time every 3x3 convolution of this preset's model at its batch instead"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --preset: a config key",
+    )
+    p.add_argument("--image-size", type=int, help="with --preset: the input side (default its own)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per shape and path")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 where the CPU has it fast, else fp32",
+    )
+    p.add_argument("--json", **as_json)
+    p.add_argument("--results", **results)
+    p.set_defaults(func=cmd_bench_conv)
 
 
 def _bench_tta_parser(bench_sub, results: dict, as_json: dict) -> None:
