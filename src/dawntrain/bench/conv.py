@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dawntrain.analysis.summary import layer_rows
 from dawntrain.config import Config
 from dawntrain.models import input_size, model_for
 from dawntrain.models.conv import conv3x3_matmul
@@ -39,25 +40,18 @@ SHAPES: list[Shape] = [
 
 
 def preset_shapes(config: Config, side: int | None = None) -> list[tuple[str, Shape]]:
-    """Each 3x3 convolution of the config's model (name, shape) at its batch size, for input
-    images of `side` (default the model's), in the order the forward pass runs them."""
+    """Each stride-1 3x3 convolution of the config's model (name, shape) at its batch size, for
+    input images of `side` (default the model's), in the order the forward pass runs them (from
+    the summary's layer table: such a convolution's map is its output's)."""
     model = model_for(config, num_classes=10)
     side = side or input_size(config) or 32
-    found: list[tuple[str, Shape]] = []
-    hooks = [
-        m.register_forward_pre_hook(
-            lambda m, args, name=name: found.append(
-                (name, (config.batch_size, m.in_channels, m.out_channels, args[0].shape[-1]))
-            )
-        )
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.padding == (1, 1)
+    modules = dict(model.named_modules())
+    return [
+        (row.name, (config.batch_size, m.in_channels, m.out_channels, row.output_shape[-1]))
+        for row in layer_rows(model, (3, side, side))
+        if isinstance(m := modules[row.name], torch.nn.Conv2d)
+        and (m.kernel_size, m.padding, m.stride) == ((3, 3), (1, 1), (1, 1))
     ]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, side, side))
-    for hook in hooks:
-        hook.remove()
-    return found
 
 
 def _median_ms(fn, repeats: int) -> float:
