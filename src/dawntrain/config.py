@@ -86,6 +86,9 @@ class Config:
     optimizer: str = "sgd"  # sgd | muon (Muon for conv filters, SGD for the rest)
     muon_lr: float = 0.24  # Muon's peak lr (the schedule's shape, scaled to this peak)
     muon_momentum: float = 0.6
+    # Newton–Schulz's number format. auto: bf16 where the run computes in bf16 or fp16, or on CUDA
+    # (as airbench94_muon does), else fp32. Runs before 2026-12-03 used fp32 on the CPU.
+    muon_precision: str = "auto"  # auto | fp32 | bf16
     nesterov: bool = True
     weight_decay: float = 5e-4
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
@@ -158,6 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_nonfinite": ("stop", "skip-step"),
     "batch_scope": ("global", "per_rank"),
     "optimizer": ("sgd", "muon"),
+    "muon_precision": ("auto", "fp32", "bf16"),
     "best_mode": ("auto", "max", "min"),
     "matmul_conv": ("auto", "on", "off"),
 }

@@ -56,3 +56,30 @@ def test_make_optimizer_puts_conv_filters_in_the_muon_group():
     assert model.head.weight in names["weights"]["params"]
     set_lr(opt, cfg.lr)
     assert abs(names["filters"]["lr"] - cfg.muon_lr) < 1e-12
+
+
+def test_bf16_newton_schulz_stays_well_inside_the_iterations_own_error():
+    """bf16 moves the result by a fraction of how far five iterations leave it from U Vᵀ."""
+    torch.manual_seed(2)
+    for shape in [(64, 576), (256, 2304), (24, 12)]:
+        g = torch.randn(*shape)
+        u, _, vt = torch.linalg.svd(g.double(), full_matrices=False)
+        exact = u @ vt
+        fp32 = orthogonalize(g).double()
+        bf16 = orthogonalize(g, dtype=torch.bfloat16)
+        assert bf16.dtype == torch.float32  # returned in g's dtype
+        s = torch.linalg.svdvals(bf16.double())
+        assert s.min() > 0.6 and s.max() < 1.25
+        moved = (bf16.double() - fp32).norm()
+        assert moved < 0.25 * (fp32 - exact).norm()
+        assert moved < 0.05 * fp32.norm()
+
+
+def test_ns_dtype_follows_the_runs_precision_unless_set():
+    from dawntrain.engine.muon import ns_dtype
+
+    assert ns_dtype("auto", "bf16", "cpu") == torch.bfloat16
+    assert ns_dtype("auto", "fp32", "cpu") == torch.float32
+    assert ns_dtype("auto", "fp32", "cuda") == torch.bfloat16
+    assert ns_dtype("fp32", "bf16", "cuda") == torch.float32
+    assert ns_dtype("bf16", "fp32", "cpu") == torch.bfloat16

@@ -28,6 +28,7 @@ from dawntrain.data.batches import (
     train_batches,
     train_side,
 )
+from dawntrain.engine import muon
 from dawntrain.engine.ema import ModelEMA
 from dawntrain.engine.evaluate import evaluate
 from dawntrain.engine.lookahead import Lookahead
@@ -312,8 +313,9 @@ def build(
             len(train_y), generator=seeds.generator(config.seed, 0, seeds.WHITEN_SUBSET)
         )
         model.init_from_data(normalizer(train_x[pick[:5000]], config.channels_last))
-    optimizer = make_optimizer(model, config, batch)
     precision = resolve_precision(config.precision, device)
+    ns = muon.ns_dtype(config.muon_precision, precision, device.type)
+    optimizer = make_optimizer(model, config, batch, ns)
     forward = model
     if world.active:
         ids = [device.index] if device.type == "cuda" else None

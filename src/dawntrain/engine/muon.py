@@ -16,10 +16,23 @@ import torch
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """An approximately semi-orthogonal matrix with g's singular vectors (U Vᵀ of g = U S Vᵀ)."""
+def ns_dtype(muon_precision: str, precision: str, device_type: str) -> torch.dtype:
+    """Newton–Schulz's number format for config.muon_precision on a run computing in `precision`.
+    bf16 moves the result by about 3% (relative Frobenius), a tenth to a fifth of how far the five
+    iterations themselves leave it from U Vᵀ; it halves their time on Zen 4 (2 cores)."""
+    if muon_precision == "auto":
+        low = precision in ("bf16", "fp16") or device_type == "cuda"
+        muon_precision = "bf16" if low else "fp32"
+    return torch.bfloat16 if muon_precision == "bf16" else torch.float32
+
+
+def orthogonalize(
+    g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """An approximately semi-orthogonal matrix with g's singular vectors (U Vᵀ of g = U S Vᵀ),
+    iterated in `dtype` and returned in g's."""
     a, b, c = NS_COEFFICIENTS
-    x = g.bfloat16() if g.device.type == "cuda" or g.dtype == torch.bfloat16 else g.float()
+    x = g.to(dtype)
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
@@ -31,12 +44,20 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class MuonSGD(torch.optim.Optimizer):
-    """Groups with `muon=True` take Muon steps; the others Nesterov SGD with weight decay."""
+    """Groups with `muon=True` take Muon steps, their Newton–Schulz iterations in `ns_dtype`;
+    the others Nesterov SGD with weight decay."""
 
-    def __init__(self, groups: list[dict], momentum: float = 0.9, nesterov: bool = True):
+    def __init__(
+        self,
+        groups: list[dict],
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        ns_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(
             groups, dict(lr=0.0, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False)
         )
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -56,5 +77,6 @@ class MuonSGD(torch.optim.Optimizer):
                 update = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
-                    update = orthogonalize(update.reshape(len(update), -1)).view_as(p)
+                    update = orthogonalize(update.reshape(len(update), -1), dtype=self.ns_dtype)
+                    update = update.view_as(p)
                 p.add_(update, alpha=-lr)

@@ -93,9 +93,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def make_optimizer(model: nn.Module, config, batch_size: int) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config, batch_size: int, ns_dtype: torch.dtype = torch.float32
+) -> torch.optim.Optimizer:
     """SGD as the config says, or Muon for conv filters (config.optimizer == "muon") with
-    SGD for the rest; the Muon group follows the same schedule, scaled to peak at muon_lr."""
+    SGD for the rest; the Muon group follows the same schedule, scaled to peak at muon_lr,
+    and orthogonalizes in `ns_dtype`."""
     if config.optimizer == "sgd":
         return make_sgd(
             model,
@@ -125,4 +128,4 @@ def make_optimizer(model: nn.Module, config, batch_size: int) -> torch.optim.Opt
             )
         if rest:
             out.append({**group, "params": rest, "weight_decay": wd * group["wd_scale"]})
-    return MuonSGD(out, momentum=config.momentum, nesterov=config.nesterov)
+    return MuonSGD(out, momentum=config.momentum, nesterov=config.nesterov, ns_dtype=ns_dtype)
