@@ -115,3 +115,33 @@ def test_the_ema_flag(capsys):
     assert "ema = 0.99\n" in capsys.readouterr().out
     assert main(["train", "--ema", "1", "--print-config"]) == 2
     assert "ema must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_last_validation_on_the_test_images_is_the_final_tests_plain_pass(tmp_path, monkeypatch):
+    """Validating on the test set, the last epoch takes its figures from the final test's pass
+    (raw and EMA), which then does not run again, and they are what `eval` computes."""
+    import dawntrain.engine.build as build
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("tta_level", 0))
+        return evaluate(*args, **kwargs)
+
+    evaluate = build.evaluate
+    monkeypatch.setattr(build, "evaluate", counted)
+    out, data = tmp_path / "run", tiny_dataset()
+    fit(config(out, quiet=True, ema=0.8, eval_every=1, tta_level=1), dataset=data)
+    assert calls == [0, 0, 1, 1]  # epoch 1 raw and EMA, epoch 2 raw and EMA with TTA; no more
+    last = history(out)[-1]
+    final = json.loads((out / "summary.json").read_text())["final"]
+    for k in ("loss", "acc", "top5"):
+        assert last[f"val_{k}"] == final[f"test_{k}"]
+        assert last[f"ema_val_{k}"] == final[f"ema_test_{k}"]
+    monkeypatch.setattr(build, "evaluate", evaluate)
+    raw = evaluate_checkpoint(out / "checkpoints" / "last.pt", data, "cpu")
+    assert (raw["loss"], raw["acc"], raw["tta"]["acc"]) == (
+        final["test_loss"],
+        final["test_acc"],
+        final["test_acc_tta"],
+    )

@@ -58,6 +58,8 @@ class LoopState:
     # The final test pass's class probabilities of last.pt's weights (one process only), for
     # callbacks that would otherwise evaluate the test set again (the report's predictions).
     test_probabilities: Any = None
+    # The final test's metrics, where the last epoch's validation took them (loop.final_test_on_val).
+    test_metrics: dict[str, Any] | None = None
 
 
 class Callback:

@@ -315,10 +315,23 @@ def end_epoch(run: Run, state: LoopState) -> dict[str, Any]:
     synchronize(run.device)
     t0 = state.epoch_t0 - state.epoch_time_s
     train_s = time.perf_counter() - t0
-    due = epoch + 1 == c.epochs or (c.eval_every and (epoch + 1) % c.eval_every == 0)
-    # On a CPU a validation pass costs several percent of a short recipe's epoch.
-    val = run.evaluate(run.val_x, run.val_y) if due else {"loss": None, "acc": None, "top5": None}
-    ema_val = ema_metrics(run, "val", run.val_x, run.val_y) if due else ema_metrics(run, "val")
+    last = epoch + 1 == c.epochs
+    due = last or (c.eval_every and (epoch + 1) % c.eval_every == 0)
+    if last and final_test_on_val(run):
+        # The final test would evaluate the validation images again: the last epoch takes its
+        # figures from that pass's plain views, and its times include the test's TTA.
+        state.test_metrics = final_test_metrics(run, state)
+        val = {k: state.test_metrics[f"test_{k}"] for k in ("loss", "acc", "top5")}
+        ema_val = {
+            f"ema_val_{k}": state.test_metrics[f"ema_test_{k}"]
+            for k in ("loss", "acc", "top5")
+            if run.ema is not None
+        }
+    elif due:  # on a CPU a validation pass costs several percent of a short recipe's epoch
+        val = run.evaluate(run.val_x, run.val_y)
+        ema_val = ema_metrics(run, "val", run.val_x, run.val_y)
+    else:
+        val, ema_val = {"loss": None, "acc": None, "top5": None}, ema_metrics(run, "val")
     state.elapsed_s += time.perf_counter() - t0
     sums = state.stats.read()
     metrics = {
@@ -350,24 +363,39 @@ def test(run: Run, state: LoopState) -> dict[str, Any]:
         run.lookahead.finish()
     if run.lookahead is None and run.splits.test_images is None and not c.tta_level:
         return final
-    x, y = run.test_set()
-    for ema in (False, True) if run.ema is not None else (False,):
-        # The raw weights' probabilities are last.pt's on the test set: the report's predictions
-        # take them instead of a second pass (one process holds them all; under DDP a shard).
-        keep = not ema and not run.world.active
-        metrics = split_metrics(run, "test", x, y, c.tta_level, ema, probabilities=keep)
-        if keep:
-            state.test_probabilities = metrics.pop("probabilities")
-        final.update(metrics)
-        name = "ema_test" if ema else "test"
+    metrics = state.test_metrics or final_test_metrics(run, state)
+    final.update(metrics)
+    for name in ("test", "ema_test") if run.ema is not None else ("test",):
         line = f"test loss {metrics[f'{name}_loss']:.4f}  test acc {metrics[f'{name}_acc']:.4f}"
         line += f"  top-5 {metrics[f'{name}_top5']:.4f}"
         if c.tta_level:
             line += f"  with TTA (level {c.tta_level}) {metrics[f'{name}_acc_tta']:.4f}"
-        state.say(f"EMA weights: {line}" if ema else line)
+        state.say(f"EMA weights: {line}" if name == "ema_test" else line)
     if run.lookahead is not None:
         save(run, state)  # last.pt holds the weights that were evaluated
     return final
+
+
+def final_test_on_val(run: Run) -> bool:
+    """Whether the final test evaluates the weights of the last epoch on its validation images
+    (no test split, no lookahead to finish) with views that validation does not take (TTA)."""
+    c = run.config
+    return run.splits.test_images is None and run.lookahead is None and bool(c.tta_level)
+
+
+def final_test_metrics(run: Run, state: LoopState) -> dict[str, Any]:
+    """split_metrics of the test set, with TTA where configured, for the weights and their EMA."""
+    x, y = run.test_set()
+    out: dict[str, Any] = {}
+    for ema in (False, True) if run.ema is not None else (False,):
+        # The raw weights' probabilities are last.pt's on the test set: the report's predictions
+        # take them instead of a second pass (one process holds them all; under DDP a shard).
+        keep = not ema and not run.world.active
+        metrics = split_metrics(run, "test", x, y, run.config.tta_level, ema, probabilities=keep)
+        if keep:
+            state.test_probabilities = metrics.pop("probabilities")
+        out.update(metrics)
+    return out
 
 
 def split_metrics(
