@@ -204,6 +204,22 @@ def test_bench_conv_takes_a_presets_own_convolutions(tmp_path, capsys):
     assert (rows[0]["batch"], rows[0]["channels"], rows[0]["c_out"]) == (2, 24, 8)
     assert all(r["library_gflops"] > 0 for r in rows)
     assert main(["bench", "conv", "--preset", "fast", "--shapes", "2x8x4"]) == 2
+    # The table's layer column fits the longest name.
+    long = {**rows[0], "layer": "stages.3.blocks.2.bottleneck.conv2"}
+    table = conv.format_table({"precision": "fp32", "device": "cpu", "rows": [long]})
+    header, row = table.splitlines()[1:3]
+    assert row.startswith(long["layer"] + " ")
+    assert header.index("batch") + len("batch") == row.index(" 2 ") + 2
+
+
+def test_bench_conv_preset_without_3x3_convolutions_says_so(monkeypatch, capsys):
+    from torch import nn
+
+    from dawntrain.bench import conv
+
+    monkeypatch.setattr(conv, "model_for", lambda *a, **k: nn.Conv2d(3, 4, 1))
+    assert main(["bench", "conv", "--preset", "fast"]) == 2
+    assert "no stride-1 3x3 convolution" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("pays", [True, False])

@@ -177,6 +177,9 @@ def test_run_flops_counts_training_x3_and_every_evaluation_pass():
     plain = resolve("davidnet", sets=["epochs=2", "sanity_check=false"])
     got = run_flops(model, plain, (3, 2, 2), n_train=100, n_val=30)
     assert got["test"] == 0 and got["sanity_check"] == 0
+    # Validation on the test set with TTA: the last validation is the test's plain view.
+    got = run_flops(model, config, (3, 2, 2), n_train=100, n_val=30)
+    assert got["validation"] == f * 30 and got["test"] == f * 30 * 6
 
 
 def test_run_flops_counts_each_epoch_at_its_progressive_size():
@@ -190,4 +193,5 @@ def test_run_flops_counts_each_epoch_at_its_progressive_size():
     per_epoch = [flops(model, (3, s, s)) for s in (16, 24, 32)]
     assert per_epoch[0] < per_epoch[1] < per_epoch[2]
     assert got["train"] == 3 * 10 * sum(per_epoch)
-    assert got["validation"] == 5 * 3 * per_epoch[2]  # evaluation is at full size
+    # At full size; the last of 3 validations is the final test's plain view (TTA on).
+    assert got["validation"] == 5 * 2 * per_epoch[2]

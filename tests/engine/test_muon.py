@@ -75,11 +75,10 @@ def test_bf16_newton_schulz_stays_well_inside_the_iterations_own_error():
         assert moved < 0.05 * fp32.norm()
 
 
-def test_ns_dtype_follows_the_runs_precision_unless_set():
+def test_ns_dtype_is_bf16_on_cuda_unless_set():
     from dawntrain.engine.muon import ns_dtype
 
-    assert ns_dtype("auto", "bf16", "cpu") == torch.bfloat16
-    assert ns_dtype("auto", "fp32", "cpu") == torch.float32
-    assert ns_dtype("auto", "fp32", "cuda") == torch.bfloat16
-    assert ns_dtype("fp32", "bf16", "cuda") == torch.float32
-    assert ns_dtype("bf16", "fp32", "cpu") == torch.bfloat16
+    assert ns_dtype("auto", "cuda") == torch.bfloat16
+    assert ns_dtype("auto", "cpu") == torch.float32
+    assert ns_dtype("fp32", "cuda") == torch.float32
+    assert ns_dtype("bf16", "cpu") == torch.bfloat16

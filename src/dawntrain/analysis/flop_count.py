@@ -204,7 +204,8 @@ def run_flops(
     every evaluation pass (the per-epoch validations; the final test, whose figures without
     TTA come from TTA's first view; the untrained-model check), each training epoch at its own
     size under progressive resizing (config.train_sizes). `n_test` None: the final test is the
-    validation set, evaluated again only where TTA or lookahead asks for it. `tta_fraction`:
+    validation set, evaluated again only where TTA or lookahead asks for it (with TTA, the
+    last validation is that pass's plain view). `tta_fraction`:
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
     measured, its summary's test_tta_fraction); the others cost the one plain pass. Returns
     each part and the total."""
@@ -220,6 +221,8 @@ def run_flops(
         for e in range(1, epochs + 1)
         if e == epochs or (config.eval_every and e % config.eval_every == 0)
     )
+    if n_test is None and config.tta_level and not config.lookahead:
+        validations -= 1  # the last one is the final test's plain view (loop.final_test_on_val)
     test_images = n_val if n_test is None else n_test
     tests = 0
     if n_test is not None or config.tta_level or config.lookahead:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from dawntrain.analysis.summary import layer_rows
 from dawntrain.config import Config
+from dawntrain.errors import ConfigError
 from dawntrain.models import input_size, model_for
 from dawntrain.models.conv import conv3x3_matmul
 from dawntrain.runtime.device import autocast, describe, resolve_precision
@@ -46,12 +47,18 @@ def preset_shapes(config: Config, side: int | None = None) -> list[tuple[str, Sh
     model = model_for(config, num_classes=10)
     side = side or input_size(config) or 32
     modules = dict(model.named_modules())
-    return [
+    shapes = [
         (row.name, (config.batch_size, m.in_channels, m.out_channels, row.output_shape[-1]))
         for row in layer_rows(model, (3, side, side))
         if isinstance(m := modules[row.name], torch.nn.Conv2d)
         and (m.kernel_size, m.padding, m.stride) == ((3, 3), (1, 1), (1, 1))
     ]
+    if not shapes:
+        raise ConfigError(
+            f"the {config.preset} preset's model ({config.model}) has no stride-1 3x3 "
+            "convolution to time; run bench conv without --preset for the default shapes"
+        )
+    return shapes
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -113,9 +120,10 @@ def run(
 
 
 def format_table(result: dict[str, Any]) -> str:
+    width = max([16, *(len(r.get("layer", "")) + 1 for r in result["rows"])])
     lines = [
         f"3x3 convolution, forward + backward, {result['precision']}, on {result['device']}",
-        f"{'layer':<16}{'batch':>6} {'channels':>10} {'map':>6} {'library ms':>11} "
+        f"{'layer':<{width}}{'batch':>6} {'channels':>10} {'map':>6} {'library ms':>11} "
         f"{'GFLOP/s':>8} {'matmul ms':>10} {'GFLOP/s':>8} {'speedup':>8}",
     ]
     for r in result["rows"]:
@@ -124,7 +132,7 @@ def format_table(result: dict[str, Any]) -> str:
         channels = f"{r['channels']}>{r.get('c_out', r['channels'])}"
         library_gflops = r.get("library_gflops", r["matmul_gflops"] / r["speedup"])
         lines.append(
-            f"{r.get('layer', ''):<16}{r['batch']:>6} {channels:>10} {side:>6} "
+            f"{r.get('layer', ''):<{width}}{r['batch']:>6} {channels:>10} {side:>6} "
             f"{r['library_ms']:>11.1f} {library_gflops:>8.0f} {r['matmul_ms']:>10.1f} "
             f"{r['matmul_gflops']:>8.0f} {r['speedup']:>8.2f}"
         )

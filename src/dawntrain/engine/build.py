@@ -314,7 +314,7 @@ def build(
         )
         model.init_from_data(normalizer(train_x[pick[:5000]], config.channels_last))
     precision = resolve_precision(config.precision, device)
-    ns = muon.ns_dtype(config.muon_precision, precision, device.type)
+    ns = muon.ns_dtype(config.muon_precision, device.type)
     optimizer = make_optimizer(model, config, batch, ns)
     forward = model
     if world.active:
