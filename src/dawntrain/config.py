@@ -55,6 +55,9 @@ class Config:
     frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
     # FastNet pools 31x31 to 16x16 (ceil); False: to 15x15 as airbench, for 19% fewer FLOPs.
     ceil_pool: bool = True
+    # FastNet's conv groups: gelu (airbench) | silu (hiverge's cifar10-speedrun); the whitening
+    # layer keeps GELU either way, as both do.
+    activation: str = "gelu"
     # Data pipeline (on the training device).
     normalize: str = "dataset"  # dataset (per-channel mean/std) | samplewise (per image)
     crop_padding: int = 4  # reflect-pad then random crop back; 0 turns it off
@@ -63,6 +66,10 @@ class Config:
     # at the full size after; [] trains at full size throughout. Evaluation is always full size.
     train_sizes: list[int] = field(default_factory=list)
     flip: bool = True
+    # Per-image colour jitter on the normalized images (hiverge's cifar10-speedrun: 0.14, 0.13):
+    # x → (x + b) · c, b uniform in ±brightness, c uniform in 1 ± contrast; 0 turns each off.
+    brightness: float = 0.0
+    contrast: float = 0.0
     alternate_flip: bool = (
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
@@ -89,13 +96,16 @@ class Config:
     # Newton–Schulz's number format. auto: bf16 on CUDA (as airbench94_muon), fp32 on the CPU,
     # where bf16 measured 2% faster and 0.29 points lower (engine/muon.py: ns_dtype).
     muon_precision: str = "auto"  # auto | fp32 | bf16
+    muon_ns_steps: int = 5  # Newton–Schulz iterations a Muon step (airbench94_muon: 3)
     nesterov: bool = True
     weight_decay: float = 5e-4
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
     convention: str = "original"
     label_smoothing: float = 0.0
     bias_lr_scale: float = 1.0  # BatchNorm shifts (and the whitening bias) train with lr × this
-    whiten_bias_epochs: int = 0  # the whitening layer's bias trains for this many epochs only
+    # The whitening layer's bias trains for this many epochs only (a fraction counts in steps:
+    # hiverge trains it for 0.19 epochs); 0: throughout.
+    whiten_bias_epochs: float = 0.0
     lookahead: bool = False  # pull weights toward a slow EMA every 5 steps, adopt it at the end
     # An EMA of the weights, evaluated beside them (engine/ema.py): `ema` is the decay per update
     # (0: off), updated every `ema_every` optimizer steps; `ema_warmup`: the decay ramps up as
@@ -162,6 +172,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "batch_scope": ("global", "per_rank"),
     "optimizer": ("sgd", "muon"),
     "muon_precision": ("auto", "fp32", "bf16"),
+    "activation": ("gelu", "silu"),
     "best_mode": ("auto", "max", "min"),
     "matmul_conv": ("auto", "on", "off"),
 }
@@ -326,6 +337,10 @@ def validate(config: Config) -> Config:
         (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 < config.tta_below <= 1, "tta_below must be in (0, 1] (1: TTA on every image)"),
         (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
+        (config.muon_ns_steps >= 1, "muon_ns_steps must be >= 1 (airbench94_muon: 3)"),
+        (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0 (0: throughout)"),
+        (0 <= config.brightness < 1, "brightness must be in [0, 1) (shift in std units)"),
+        (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),
         (config.weight_decay >= 0, "weight_decay must be >= 0"),
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),

@@ -15,6 +15,7 @@ WHITEN_SUBSET = 3  # the training images the whitening filters are computed from
 SANITY_SUBSET = 5  # the images of the untrained-model check (always seed 0: comparable runs)
 VAL_SPLIT = 7  # the training images held out for validation
 STEP = 11  # torch's global generator at each step: dropout masks
+COLOR_JITTER = 13  # an epoch's brightness and contrast per image (data/batches.py)
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:

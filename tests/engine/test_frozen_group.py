@@ -52,3 +52,20 @@ def test_freeze_group_zeroes_the_lr_and_only_drops_gradients_when_asked():
     assert not model.bias.requires_grad and model.weight.requires_grad
     optim.set_lr(opt, 0.5)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.0]
+
+
+def test_a_fractional_whiten_bias_epochs_freezes_inside_the_epoch():
+    sets = ["width=4", "batch_size=8", "epochs=2", "whiten_bias_epochs=0.5", "device='cpu'"]
+    run = build(resolve("fast", sets=sets), tiny_dataset(n=32, size=16, n_test=16))
+    stats, grads, lrs = StepStats.zeros(run.device), [], []
+    for epoch in range(2):
+        run.start_epoch(epoch)
+        for step, (x, y) in enumerate(run.batches(epoch)):
+            run.step(stats, x, y, epoch, step)
+            grads.append(run.model.whiten.bias.grad is not None)
+            lrs.append(
+                next(g["lr"] for g in run.optimizer.param_groups if g["name"] == "whiten_bias")
+            )
+    # 4 steps an epoch: the bias trains for the first 2 (half an epoch), then never again.
+    assert grads == [True, True, False, False, False, False, False, False]
+    assert lrs[1] > 0 and lrs[2:] == [0.0] * 6

@@ -82,3 +82,23 @@ def test_ns_dtype_is_bf16_on_cuda_unless_set():
     assert ns_dtype("auto", "cpu") == torch.float32
     assert ns_dtype("fp32", "cuda") == torch.float32
     assert ns_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_the_muon_step_takes_the_configured_number_of_newton_schulz_iterations():
+    torch.manual_seed(2)
+    w0, grad = torch.randn(8, 3, 3, 3), torch.randn(8, 3, 3, 3)
+    updates = {}
+    for steps in (3, 5):
+        conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+        conv.weight.data.copy_(w0)
+        opt = MuonSGD([{"params": [conv.weight], "muon": True, "momentum": 0.0}], ns_steps=steps)
+        opt.param_groups[0]["lr"] = 1.0
+        conv.weight.grad = grad.clone()
+        opt.step()
+        normed = w0 * (8**0.5 / w0.norm())  # the filter norm Muon restores before its step
+        updates[steps] = normed - conv.weight.detach()
+        expected = orthogonalize(grad.reshape(8, -1), steps=steps).view_as(grad)
+        torch.testing.assert_close(updates[steps], expected)
+    assert not torch.allclose(updates[3], updates[5])
+    cfg = resolve("fast", sets=["muon_ns_steps=3", "width=8"])
+    assert make_optimizer(build_model("fast", 10, 8), cfg, 64).ns_steps == 3

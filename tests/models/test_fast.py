@@ -113,3 +113,16 @@ def test_width_factor_sets_the_later_groups_widths():
     for preset, widths in (("fast", [64, 256, 256]), ("fast-wide", [128, 384, 384])):
         model = model_for(resolve(preset), 10)
         assert [g.conv1.out_channels for g in model.groups] == widths, preset
+
+
+def test_silu_replaces_gelu_in_the_groups_only():
+    torch.manual_seed(0)
+    gelu = build_model("fast", 10, 8)
+    torch.manual_seed(0)
+    silu = build_model("fast", 10, 8, activation="silu")
+    assert isinstance(silu.act, torch.nn.GELU)  # after the whitening, as hiverge keeps it
+    assert all(isinstance(g.act, torch.nn.SiLU) for g in silu.groups)
+    assert all(isinstance(g.act, torch.nn.GELU) for g in gelu.groups)
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(gelu(x), silu(x))
+    silu.load_state_dict(gelu.state_dict())  # the same parameters: a checkpoint loads either way

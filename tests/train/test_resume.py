@@ -157,3 +157,30 @@ def test_a_staircase_run_resumed_with_more_epochs_is_the_longer_run(tmp_path):
     fit(config(tmp_path / "part", epochs=2, **kw), dataset=data)
     fit(config(tmp_path / "part", **kw), dataset=data, resume="last")
     assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_a_fast_run_with_jitter_and_a_mid_epoch_freeze_resumes_exactly(tmp_path):
+    """Colour jitter and the whitening bias frozen inside an epoch depend on (seed, epoch, step)
+    only: a run resumed from inside its first epoch, before the freeze, ends as the whole run."""
+    data = tiny_dataset()
+    sets = [
+        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
+        "precision=fp32", "brightness=0.14", "contrast=0.13", "whiten_bias_epochs=0.8",
+        "muon_ns_steps=3", "activation='silu'", "checkpoint_every_steps=1",
+    ]  # fmt: skip
+
+    def fast(out):
+        return resolve("fast", sets=sets, overrides={"out": str(out)})
+
+    fit(fast(tmp_path / "full"), dataset=data)
+
+    class CrashInSecondStep(Callback):
+        def on_step_end(self, run, state):
+            if state.step == 2:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(fast(tmp_path / "part"), dataset=data, callbacks=[CrashInSecondStep()])
+    assert load(tmp_path / "part" / "checkpoints" / "last.pt")["step_in_epoch"] == 1
+    fit(fast(tmp_path / "part"), dataset=data, resume="last")
+    assert_same_run(tmp_path / "full", tmp_path / "part")

@@ -56,6 +56,18 @@ ABLATIONS: dict[str, Changes] = {
         "tta_below": 0.6,
         "eval_every": 0,  # validation only after the last epoch: it does not steer training
     },
+    # hiverge's cifar10-speedrun changes to airbench94_muon, one at a time and together.
+    "colour jitter": {"brightness": 0.14, "contrast": 0.13},
+    "whitening bias 0.19 epochs": {"whiten_bias_epochs": 0.19},
+    "SiLU": {"activation": "silu"},
+    "3 Newton-Schulz iterations": {"muon_ns_steps": 3},
+    "hiverge": {
+        "brightness": 0.14,
+        "contrast": 0.13,
+        "whiten_bias_epochs": 0.19,
+        "activation": "silu",
+        "muon_ns_steps": 3,
+    },
 }
 
 

@@ -21,8 +21,11 @@ from dawntrain.config import Config
 from dawntrain.data import ImageDataset, checked
 from dawntrain.data.batches import (
     Normalizer,
+    batch_positions,
     channel_stats,
+    color_jitter,
     epoch_plan,
+    jitter_plan,
     resized,
     steps_per_epoch,
     train_batches,
@@ -182,7 +185,12 @@ class Run:
 
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
-        if 0 < self.config.whiten_bias_epochs <= epoch:
+        self.freeze_when_due(epoch)
+
+    def freeze_when_due(self, epochs_done: float) -> None:
+        """Freeze the whitening bias once `epochs_done` (fractional: steps / steps an epoch)
+        reaches config.whiten_bias_epochs."""
+        if 0 < self.config.whiten_bias_epochs <= epochs_done:
             freeze_group(self.optimizer, "whiten_bias", drop_grads=not self.world.active)
 
     def train_side(self, epoch: int) -> int:
@@ -197,12 +205,19 @@ class Run:
         c, steps = self.config, self.steps
         global_step = epoch * steps + step
         torch.manual_seed(seeds.step_seed(c.seed, epoch, step, self.world.rank))
+        self.freeze_when_due(global_step / steps)
         set_lr(
             self.optimizer, step_lr(c.convention, self.schedule(global_step / steps), self.batch)
         )
         if self.skipper is not None:
             self.skipper.save()
         x = self.normalizer(x, c.channels_last)
+        if c.brightness or c.contrast:
+            shift, scale = jitter_plan(len(self.train_y), c.seed, epoch, c.brightness, c.contrast)
+            pos = batch_positions(
+                len(self.train_y), self.batch, step, self.world.rank, self.world.size
+            )
+            x = color_jitter(x, shift[pos].to(x.device), scale[pos].to(x.device))
         if c.train_sizes:
             x = resized(x, self.train_side(epoch))
         loss, logits = train_step(

@@ -45,8 +45,8 @@ def orthogonalize(
 
 
 class MuonSGD(torch.optim.Optimizer):
-    """Groups with `muon=True` take Muon steps, their Newton–Schulz iterations in `ns_dtype`;
-    the others Nesterov SGD with weight decay."""
+    """Groups with `muon=True` take Muon steps, `ns_steps` Newton–Schulz iterations in
+    `ns_dtype`; the others Nesterov SGD with weight decay."""
 
     def __init__(
         self,
@@ -54,11 +54,12 @@ class MuonSGD(torch.optim.Optimizer):
         momentum: float = 0.9,
         nesterov: bool = True,
         ns_dtype: torch.dtype = torch.float32,
+        ns_steps: int = 5,
     ):
         super().__init__(
             groups, dict(lr=0.0, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False)
         )
-        self.ns_dtype = ns_dtype
+        self.ns_dtype, self.ns_steps = ns_dtype, ns_steps
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -78,6 +79,8 @@ class MuonSGD(torch.optim.Optimizer):
                 update = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
-                    update = orthogonalize(update.reshape(len(update), -1), dtype=self.ns_dtype)
+                    update = orthogonalize(
+                        update.reshape(len(update), -1), self.ns_steps, self.ns_dtype
+                    )
                     update = update.view_as(p)
                 p.add_(update, alpha=-lr)

@@ -98,7 +98,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD as the config says, or Muon for conv filters (config.optimizer == "muon") with
     SGD for the rest; the Muon group follows the same schedule, scaled to peak at muon_lr,
-    and orthogonalizes in `ns_dtype`."""
+    and orthogonalizes in `ns_dtype` with config.muon_ns_steps iterations."""
     if config.optimizer == "sgd":
         return make_sgd(
             model,
@@ -128,4 +128,6 @@ def make_optimizer(
             )
         if rest:
             out.append({**group, "params": rest, "weight_decay": wd * group["wd_scale"]})
-    return MuonSGD(out, momentum=config.momentum, nesterov=config.nesterov, ns_dtype=ns_dtype)
+    return MuonSGD(
+        out, config.momentum, config.nesterov, ns_dtype=ns_dtype, ns_steps=config.muon_ns_steps
+    )

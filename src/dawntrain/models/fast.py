@@ -35,8 +35,11 @@ def conv3x3(c_in: int, c_out: int, dirac: bool = True) -> nn.Conv2d:
     return conv
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
+
+
 class ConvGroup(nn.Module):
-    """conv → max pool → BN → GELU → conv → BN → GELU."""
+    """conv → max pool → BN → act → conv → BN → act (act: GELU, or SiLU as hiverge's)."""
 
     def __init__(
         self,
@@ -45,6 +48,7 @@ class ConvGroup(nn.Module):
         dirac: bool = True,
         frozen_bn_scale: bool = True,
         ceil_pool: bool = True,
+        activation: str = "gelu",
     ):
         super().__init__()
         # ceil_pool: 31x31 after the unpadded whitening conv pools to 16x16 → 8 → 4; without it
@@ -55,7 +59,7 @@ class ConvGroup(nn.Module):
         self.pool = nn.MaxPool2d(2, ceil_mode=ceil_pool)
         self.conv2 = conv3x3(c_out, c_out, dirac)
         self.norm2 = batchnorm(c_out, frozen_bn_scale)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -73,20 +77,23 @@ class FastNet(nn.Module):
         dirac: bool = True,
         frozen_bn_scale: bool = True,
         ceil_pool: bool = True,
+        activation: str = "gelu",
     ):
         """`whiten`, `dirac` and `frozen_bn_scale` switch the tricks off for ablations; with
         `whiten=False` the first layer is an ordinary trained conv and `init_from_data` is a no-op.
-        `ceil_pool` False pools the 31x31 map to 15x15 (see ConvGroup)."""
+        `ceil_pool` False pools the 31x31 map to 15x15 (see ConvGroup). `activation` is the conv
+        groups'; the whitened patches always go through GELU."""
         super().__init__()
         whiten_width = 2 * 3 * patch * patch
         self.whiten = nn.Conv2d(3, whiten_width, patch, bias=True)
         self.whiten.weight.requires_grad_(not whiten)
         self.use_whitening = whiten
         self.act = nn.GELU()
+        tricks = (dirac, frozen_bn_scale, ceil_pool, activation)
         self.groups = nn.Sequential(
-            ConvGroup(whiten_width, widths[0], dirac, frozen_bn_scale, ceil_pool),
-            ConvGroup(widths[0], widths[1], dirac, frozen_bn_scale, ceil_pool),
-            ConvGroup(widths[1], widths[2], dirac, frozen_bn_scale, ceil_pool),
+            ConvGroup(whiten_width, widths[0], *tricks),
+            ConvGroup(widths[0], widths[1], *tricks),
+            ConvGroup(widths[1], widths[2], *tricks),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
