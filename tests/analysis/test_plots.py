@@ -12,7 +12,8 @@ from PIL import Image
 from dawntrain.analysis import plots
 from dawntrain.cli import main
 from dawntrain.config import resolve
-from dawntrain.data.batches import epoch_plan
+from dawntrain.data.batches import epoch_plan, jitter_plan
+from dawntrain.engine.build import build
 from dawntrain.errors import DataError
 from dawntrain.train import fit
 from synthetic import tiny_dataset as _tiny_dataset
@@ -128,6 +129,24 @@ def test_samples_are_the_augmented_images_the_loop_feeds():
     stretched, _, _ = plots.pipeline_samples(data, tiny_config(normalize="samplewise"), n=4)
     assert stretched.reshape(4, -1).min(1).tolist() == [0] * 4
     assert stretched.reshape(4, -1).max(1).tolist() == [255] * 4
+
+
+def test_samples_show_the_colour_jitter_and_the_epochs_size():
+    data = tiny_dataset()
+    plain, _, _ = plots.pipeline_samples(data, tiny_config(seed=5), n=6)
+    config = tiny_config(seed=5, brightness=0.2, contrast=0.2)
+    jittered, _, _ = plots.pipeline_samples(data, config, n=6)
+    normalizer = build(config, data).normalizer
+    mean, std = (t.flatten().numpy().astype(np.float64) for t in (normalizer.mean, normalizer.std))
+    shift, scale = (
+        t[:6, None, None, None].double().numpy() for t in jitter_plan(48, 5, 0, 0.2, 0.2)
+    )
+    expected = ((plain - mean) / std + shift) * scale * std + mean
+    inside = (expected > 0.5) & (expected < 254.5)  # shown images are clipped to 0..255
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(jittered[inside], expected[inside], atol=0.51)
+    resized, _, _ = plots.pipeline_samples(data, tiny_config(train_sizes="[8]"), n=6)
+    assert resized.shape == (6, 8, 8, 3)  # epoch 0 trains at 8x8
 
 
 def test_plot_samples_grid(tmp_path):

@@ -226,18 +226,18 @@ def plot_lr(config: Config | str, out: Path, n_train: int | None = None) -> Path
 def pipeline_samples(
     dataset, config: Config, n: int = 16, epoch: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The first `n` training images of `epoch` as the loop feeds them: its split, order,
-    crop and flip, then the Normalizer; mapped back to uint8 (samplewise-normalized images are
-    min-max stretched: their original brightness and contrast are gone). (images, labels, names)."""
+    """The first `n` training images of `epoch` as the model trains on them: its split, order,
+    crop and flip, then Run.inputs (normalization, colour jitter, the epoch's size); mapped back
+    to uint8 (samplewise-normalized images are min-max stretched: their original brightness and
+    contrast are gone). (images, labels, names)."""
     # Built as fit() builds it, on the CPU, with a batch no larger than the data (tiny sets):
     # the first n images of an epoch are the same at any batch size of at least n.
     held_out = len(dataset.train_labels) - config.val_from_train
     batch = max(min(n, held_out), min(config.batch_size, held_out))
     run = build(replace(config, device="cpu", batch_size=batch, compile=False), dataset)
     x, y = next(run.batches(epoch))
-    x, y = x[:n], y[:n]
+    fed, y = run.inputs(x, epoch, 0)[:n].float(), y[:n]
     normalizer = run.normalizer
-    fed = normalizer(x, channels_last=False)
     if normalizer.samplewise:
         low = fed.amin(dim=(1, 2, 3), keepdim=True)
         high = fed.amax(dim=(1, 2, 3), keepdim=True)

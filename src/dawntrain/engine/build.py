@@ -198,6 +198,20 @@ class Run:
         the data's own side after them). train_x is NHWC."""
         return train_side(self.config.train_sizes, epoch, self.train_x.shape[1])
 
+    def inputs(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """This rank's uint8 batch of (epoch, step) as the model trains on it: normalized, colour
+        jittered (config.brightness, contrast), resized (config.train_sizes)."""
+        c = self.config
+        x = self.normalizer(x, c.channels_last)
+        if c.brightness or c.contrast:
+            n = len(self.train_y)
+            shift, scale = jitter_plan(n, c.seed, epoch, c.brightness, c.contrast)
+            pos = batch_positions(n, self.batch, step, self.world.rank, self.world.size)
+            x = color_jitter(x, shift[pos].to(x.device), scale[pos].to(x.device))
+        if c.train_sizes:
+            x = resized(x, self.train_side(epoch))
+        return x
+
     def step(
         self, stats: StepStats, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
     ) -> None:
@@ -211,15 +225,7 @@ class Run:
         )
         if self.skipper is not None:
             self.skipper.save()
-        x = self.normalizer(x, c.channels_last)
-        if c.brightness or c.contrast:
-            shift, scale = jitter_plan(len(self.train_y), c.seed, epoch, c.brightness, c.contrast)
-            pos = batch_positions(
-                len(self.train_y), self.batch, step, self.world.rank, self.world.size
-            )
-            x = color_jitter(x, shift[pos].to(x.device), scale[pos].to(x.device))
-        if c.train_sizes:
-            x = resized(x, self.train_side(epoch))
+        x = self.inputs(x, epoch, step)
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
