@@ -212,6 +212,19 @@ def test_bench_conv_takes_a_presets_own_convolutions(tmp_path, capsys):
     assert header.index("batch") + len("batch") == row.index(" 2 ") + 2
 
 
+def test_ablation_table_columns_line_up_under_long_row_names():
+    from dawntrain.bench import ablation
+
+    row = {"test_acc": 0.9, "test_acc_tta": 0.91, "wall_s": 750.0, "flop_per_run": 2.46e14}
+    names = ["preset", "whitening bias 0.19 epochs"]
+    result = {"preset": "fast-budget", "data": "x", "runs": 1, "rows": []}
+    result["rows"] = [{**row, "name": n} for n in names]
+    header, *lines = ablation.format_table(result).splitlines()[1:]
+    ends = {line.index("0.9000") + len("0.9000") for line in lines}
+    assert ends == {header.index("test acc") + len("test acc")}
+    assert lines[1].split()[-3:] == ["+0.00", "750", "0.246"]
+
+
 def test_bench_conv_preset_without_3x3_convolutions_says_so(monkeypatch, capsys):
     from torch import nn
 

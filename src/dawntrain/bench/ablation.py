@@ -56,7 +56,8 @@ ABLATIONS: dict[str, Changes] = {
         "tta_below": 0.6,
         "eval_every": 0,  # validation only after the last epoch: it does not steer training
     },
-    # hiverge's cifar10-speedrun changes to airbench94_muon, one at a time and together.
+    # hiverge's cifar10-speedrun changes to airbench94_muon, switched on one at a time and together
+    # (measured against `fast-budget` before it took the first three: docs/benchmarks.md).
     "colour jitter": {"brightness": 0.14, "contrast": 0.13},
     "whitening bias 0.19 epochs": {"whiten_bias_epochs": 0.19},
     "SiLU": {"activation": "silu"},
@@ -112,9 +113,10 @@ def run(
 def format_table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     base = next((r for r in rows if r["name"] == "preset"), None)
+    width = max([22, *(len(r["name"]) + 2 for r in rows)])
     lines = [
         f"{result['preset']} on {result['data']}, {result['runs']} run(s) per row",
-        f"{'row':<22}{'test acc':>10}{'with TTA':>10}{'Δ TTA acc':>11}{'wall s':>8}{'PFLOP':>8}",
+        f"{'row':<{width}}{'test acc':>10}{'with TTA':>10}{'Δ TTA acc':>11}{'wall s':>8}{'PFLOP':>8}",
     ]
     for r in rows:
         tta = r["test_acc_tta"]
@@ -124,7 +126,7 @@ def format_table(result: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"{r['name']:<22}{r['test_acc']:>10.4f}"
+            f"{r['name']:<{width}}{r['test_acc']:>10.4f}"
             + (f"{tta:>10.4f}" if tta is not None else f"{'':>10}")
             + f"{delta:>11}{r['wall_s']:>8.0f}"
             # Rows written before the FLOPs were kept have none.
