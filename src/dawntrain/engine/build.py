@@ -185,11 +185,11 @@ class Run:
 
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
-        self.freeze_when_due(epoch)
 
     def freeze_when_due(self, epochs_done: float) -> None:
         """Freeze the whitening bias once `epochs_done` (fractional: steps / steps an epoch)
-        reaches config.whiten_bias_epochs."""
+        reaches config.whiten_bias_epochs. The step asks before each update, so a resumed run
+        (whose restored parameters still require gradients) freezes before its first one."""
         if 0 < self.config.whiten_bias_epochs <= epochs_done:
             freeze_group(self.optimizer, "whiten_bias", drop_grads=not self.world.active)
 
