@@ -73,6 +73,15 @@ class Config:
     alternate_flip: bool = (
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
+    # Data filtering (airbench96_faster): a small FastNet, the proxy, scores every training batch
+    # and the model trains only on the `filter_keep` share of it that the proxy finds hardest
+    # (highest loss); the proxy trains on its own hardest share every `filter_train_every` steps.
+    # An epoch keeps its steps and order, each step costing the model about filter_keep of one;
+    # train_loss, train_acc and img/s count the kept images only.
+    # 0: off (every image trains); airbench96_faster: 0.5, proxy blocks 32/64/64, every 4.
+    filter_keep: float = 0.0
+    filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
+    filter_train_every: int = 4
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -343,6 +352,12 @@ def validate(config: Config) -> Config:
         (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),
         (config.weight_decay >= 0, "weight_decay must be >= 0"),
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
+        (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
+        (
+            len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,
+            "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
+        ),
+        (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),
         (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),

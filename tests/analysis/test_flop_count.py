@@ -195,3 +195,23 @@ def test_run_flops_counts_each_epoch_at_its_progressive_size():
     assert got["train"] == 3 * 10 * sum(per_epoch)
     # At full size; the last of 3 validations is the final test's plain view (TTA on).
     assert got["validation"] == 5 * 2 * per_epoch[2]
+
+
+def test_run_flops_with_data_filtering_counts_the_kept_share_and_the_proxys_passes():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.config import resolve
+    from dawntrain.engine.data_filter import proxy_model
+    from dawntrain.models.fast import FastNet
+
+    model = FastNet(widths=(8, 16, 16), num_classes=5)
+    sets = ["epochs=3", "train_sizes=[16]", "sanity_check=false"]
+    plain = run_flops(model, resolve("fast", sets=sets), (3, 32, 32), n_train=10, n_val=5)
+    filtered = resolve("fast", sets=[*sets, "filter_keep=0.25", "filter_train_every=2"])
+    got = run_flops(model, filtered, (3, 32, 32), n_train=10, n_val=5)
+    assert got["train"] == round(plain["train"] / 4)
+    proxy = proxy_model(filtered, 5)
+    proxy_forward = sum(flops(proxy, (3, s, s)) for s in (16, 32, 32))
+    # Every image scored once; every second step a backward (2x) through the whole batch.
+    assert got["filter"] == proxy_forward * 10 * 2
+    assert got["total"] == plain["total"] - plain["train"] + got["train"] + got["filter"]
+    assert "filter" not in plain

@@ -184,3 +184,33 @@ def test_a_fast_run_with_jitter_and_a_mid_epoch_freeze_resumes_exactly(tmp_path)
     assert load(tmp_path / "part" / "checkpoints" / "last.pt")["step_in_epoch"] == 1
     fit(fast(tmp_path / "part"), dataset=data, resume="last")
     assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_a_data_filtered_run_resumes_exactly_with_its_proxy(tmp_path):
+    """The proxy's weights and optimizer travel in the checkpoint: a run resumed between two of
+    its learning steps picks the same images and ends as the whole run."""
+    data = tiny_dataset()
+    sets = [
+        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
+        "precision=fp32", "filter_keep=0.5", "filter_train_every=2", "whiten_bias_epochs=0.5",
+        "muon_ns_steps=3", "checkpoint_every_steps=1",
+    ]  # fmt: skip
+
+    def filtered(out):
+        return resolve("fast", sets=sets, overrides={"out": str(out)})
+
+    fit(filtered(tmp_path / "full"), dataset=data)
+
+    class CrashInFourthStep(Callback):
+        def on_step_end(self, run, state):
+            if state.step == 4:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(filtered(tmp_path / "part"), dataset=data, callbacks=[CrashInFourthStep()])
+    assert load(tmp_path / "part" / "checkpoints" / "last.pt")["step_in_epoch"] == 3
+    fit(filtered(tmp_path / "part"), dataset=data, resume="last")
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+    proxies = [final_state(tmp_path / d)["filter"]["model"] for d in ("full", "part")]
+    for k, v in proxies[0].items():
+        assert torch.equal(v, proxies[1][k]), k

@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from dawntrain.data.batches import train_side
+from dawntrain.engine.data_filter import proxy_model
 from dawntrain.errors import ConfigError
 
 MATMUL = "matmul"
@@ -190,6 +191,12 @@ def tta_views(level: int) -> int:
     return {0: 1, 1: 2}.get(level, 6)
 
 
+def _classes(model: nn.Module) -> int:
+    """The model's number of classes: its last linear layer's outputs."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return heads[-1].out_features if heads else 10
+
+
 def run_flops(
     model: nn.Module,
     config,
@@ -207,15 +214,24 @@ def run_flops(
     validation set, evaluated again only where TTA or lookahead asks for it (with TTA, the
     last validation is that pass's plain view). `tta_fraction`:
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
-    measured, its summary's test_tta_fraction); the others cost the one plain pass. Returns
-    each part and the total."""
+    measured, its summary's test_tta_fraction); the others cost the one plain pass. With data
+    filtering (config.filter_keep) the model trains on the kept share and `filter` counts the
+    proxy's passes. Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
     c, full = input_shape[0], input_shape[-1]
+    sides = [train_side(config.train_sizes, e, full) for e in range(epochs)]
     train_forward = sum(
-        forward if side == full else flops(model, (c, side, side))
-        for side in (train_side(config.train_sizes, e, full) for e in range(epochs))
+        forward if side == full else flops(model, (c, side, side)) for side in sides
     )
+    filtering = 0
+    if config.filter_keep:
+        # The model trains on the kept share; the proxy scores every image and, every
+        # filter_train_every steps, back-propagates through the whole batch (its loss masked).
+        train_forward *= config.filter_keep
+        proxy = proxy_model(config, _classes(model))
+        proxy_forward = sum(flops(proxy, (c, side, side)) for side in sides)
+        filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
     validations = sum(
         1
         for e in range(1, epochs + 1)
@@ -229,7 +245,8 @@ def run_flops(
         extra = tta_fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
         tests = round(test_images * (1 + extra))
     parts = {
-        "train": 3 * train_forward * n_train,
+        "train": round(3 * train_forward * n_train),
+        **({"filter": filtering} if filtering else {}),
         "validation": forward * n_val * validations,
         "test": forward * tests,
         "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,

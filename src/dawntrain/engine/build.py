@@ -31,7 +31,7 @@ from dawntrain.data.batches import (
     train_batches,
     train_side,
 )
-from dawntrain.engine import muon
+from dawntrain.engine import data_filter, muon
 from dawntrain.engine.ema import ModelEMA
 from dawntrain.engine.evaluate import evaluate
 from dawntrain.engine.lookahead import Lookahead
@@ -155,6 +155,8 @@ class Run:
     # The loss the step minimises; tests wrap it to inject non-finite losses.
     loss: Callable = field(default=loss_fn)
     ema: ModelEMA | None = None  # config.ema: an average of the weights, evaluated beside them
+    # config.filter_keep: the proxy that picks the share of each batch the model trains on.
+    filter: data_filter.HardExampleFilter | None = None
 
     @property
     def device(self) -> torch.device:
@@ -192,6 +194,8 @@ class Run:
         (whose restored parameters still require gradients) freezes before its first one."""
         if 0 < self.config.whiten_bias_epochs <= epochs_done:
             freeze_group(self.optimizer, "whiten_bias", drop_grads=not self.world.active)
+            if self.filter is not None:
+                self.filter.freeze_whiten_bias(drop_grads=not self.world.active)
 
     def train_side(self, epoch: int) -> int:
         """The side of the images the model trains on in 0-based `epoch` (config.train_sizes;
@@ -220,12 +224,15 @@ class Run:
         global_step = epoch * steps + step
         torch.manual_seed(seeds.step_seed(c.seed, epoch, step, self.world.rank))
         self.freeze_when_due(global_step / steps)
-        set_lr(
-            self.optimizer, step_lr(c.convention, self.schedule(global_step / steps), self.batch)
-        )
+        lr = step_lr(c.convention, self.schedule(global_step / steps), self.batch)
+        set_lr(self.optimizer, lr)
         if self.skipper is not None:
             self.skipper.save()
         x = self.inputs(x, epoch, step)
+        if self.filter is not None:
+            keep = self.filter.pick(x, y, lr, global_step)
+            fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+            x, y = x[keep].contiguous(memory_format=fmt), y[keep]
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
@@ -286,6 +293,8 @@ class Run:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.filter is not None:
+            state["filter"] = self.filter.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -296,6 +305,8 @@ class Run:
             self.lookahead.load_state_dict(state["lookahead"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.filter is not None:
+            self.filter.load_state_dict(state["filter"])
 
 
 def build(
@@ -328,15 +339,30 @@ def build(
         model = distributed.convert_sync_batchnorm(model, device)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt)
-    if hasattr(model, "init_from_data"):
+    whitening_images = None
+    if hasattr(model, "init_from_data") or config.filter_keep:
         # Whitening filters from (up to) 5,000 training images, identically on every resume.
         pick = torch.randperm(
             len(train_y), generator=seeds.generator(config.seed, 0, seeds.WHITEN_SUBSET)
         )
-        model.init_from_data(normalizer(train_x[pick[:5000]], config.channels_last))
+        whitening_images = normalizer(train_x[pick[:5000]], config.channels_last)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(whitening_images)
     precision = resolve_precision(config.precision, device)
     ns = muon.ns_dtype(config.muon_precision, device.type)
     optimizer = make_optimizer(model, config, batch, ns)
+    hard_filter = None
+    if config.filter_keep:
+        # Built after the model, so that its initial weights do not depend on the filter.
+        proxy = data_filter.proxy_model(config, len(splits.class_names))
+        proxy = proxy.to(device=device, memory_format=fmt)
+        proxy.init_from_data(whitening_images)
+        proxy_forward = data_filter.wrap(proxy, world)
+        if config.compile:
+            proxy_forward = torch.compile(proxy_forward)
+        hard_filter = data_filter.HardExampleFilter(
+            proxy, proxy_forward, config, batch, precision, world.size, ns
+        )
     forward = model
     if world.active:
         ids = [device.index] if device.type == "cuda" else None
@@ -364,4 +390,5 @@ def build(
         val_x=val_x,
         val_y=val_y.long(),
         ema=ema,
+        filter=hard_filter,
     )

@@ -1,0 +1,101 @@
+"""Data filtering (airbench96_faster): a small proxy network picks the hardest share of each batch.
+
+The proxy, a narrow FastNet, scores every training batch in a forward pass; the model then trains
+only on the `filter_keep` share with the highest proxy loss. The proxy learns alongside: every
+`filter_train_every` steps it trains on its own hardest share, at the model's lr. A step then
+costs the model about filter_keep of a full one and the proxy a tenth of that, so the same FLOPs
+buy more epochs (airbench96_faster: 45 epochs of half batches for 96%).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr
+from dawntrain.models import FastNet
+from dawntrain.runtime.device import autocast
+
+
+def proxy_model(config, num_classes: int) -> FastNet:
+    """The proxy a config describes: FastNet at config.filter_widths with the model's activation
+    and pooling (its whitening, dirac init and frozen BatchNorm scale always on)."""
+    return FastNet(
+        widths=tuple(config.filter_widths),
+        num_classes=num_classes,
+        ceil_pool=config.ceil_pool,
+        activation=config.activation,
+    )
+
+
+class HardExampleFilter:
+    """The proxy, its optimizer and `pick`, which scores a batch and returns the positions to
+    train on. `forward` is the proxy as called (DDP-wrapped under torchrun, so that every rank's
+    proxy takes the same steps)."""
+
+    def __init__(
+        self,
+        model: FastNet,
+        forward,
+        config,
+        batch: int,
+        precision: str,
+        grad_scale: float = 1.0,
+        ns_dtype: torch.dtype = torch.float32,
+    ):
+        self.model, self.forward, self.config = model, forward, config
+        self.precision, self.grad_scale = precision, grad_scale
+        self.optimizer = make_optimizer(model, config, batch, ns_dtype)
+        self.scaler = torch.amp.GradScaler(
+            next(model.parameters()).device.type, enabled=precision == "fp16"
+        )
+
+    def keep_count(self, n: int) -> int:
+        return max(1, round(self.config.filter_keep * n))
+
+    def freeze_whiten_bias(self, drop_grads: bool) -> None:
+        freeze_group(self.optimizer, "whiten_bias", drop_grads=drop_grads)
+
+    def pick(self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int) -> torch.Tensor:
+        """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
+        proxy's loss; on every filter_train_every-th global step the proxy also trains on them,
+        its loss summed over them as the model's is."""
+        c = self.config
+        learn = global_step % c.filter_train_every == 0
+        self.model.train()
+        with torch.set_grad_enabled(learn), autocast(x.device, self.precision):
+            logits = self.forward(x)
+        losses = F.cross_entropy(
+            logits.float(), y, reduction="none", label_smoothing=c.label_smoothing
+        )
+        keep = losses.detach().topk(self.keep_count(len(y)), sorted=False).indices.sort().values
+        if learn:
+            set_lr(self.optimizer, lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses[keep].sum() * self.grad_scale).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def wrap(model: nn.Module, world) -> nn.Module:
+    """The proxy as the step calls it: under torchrun, DDP (its gradients averaged over ranks)."""
+    if not world.active:
+        return model
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -1,0 +1,77 @@
+"""Data filtering (config.filter_keep): a proxy picks the hardest share of each batch."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dawntrain.config import resolve
+from dawntrain.engine.build import build
+from dawntrain.engine.step import StepStats
+from dawntrain.errors import ConfigError
+from synthetic import tiny_dataset
+
+
+def filtered_config(*sets: str):
+    base = ["width=4", "batch_size=16", "epochs=2", "device='cpu'", "precision='fp32'"]
+    return resolve("fast", sets=[*base, "filter_keep=0.25", *sets])
+
+
+def first_batch(run):
+    x, y = next(iter(run.batches(0)))
+    return run.inputs(x, 0, 0), y
+
+
+def test_pick_returns_the_share_with_the_highest_proxy_loss_in_batch_order():
+    torch.manual_seed(0)
+    run = build(filtered_config("label_smoothing=0.2"), tiny_dataset())
+    x, y = first_batch(run)
+    reference = copy.deepcopy(run.filter.model).train()
+    losses = F.cross_entropy(reference(x), y, reduction="none", label_smoothing=0.2)
+    keep = run.filter.pick(x, y, lr=0.1, global_step=1)  # not a step on which the proxy learns
+    assert keep.tolist() == sorted(losses.argsort(descending=True)[:4].tolist())
+
+
+def test_the_proxy_learns_on_every_nth_step_only():
+    torch.manual_seed(0)
+    run = build(filtered_config("filter_train_every=3"), tiny_dataset())
+    x, y = first_batch(run)
+    moved = []
+    for step in range(7):
+        before = [p.detach().clone() for p in run.filter.model.parameters()]
+        run.filter.pick(x, y, lr=0.1, global_step=step)
+        after = list(run.filter.model.parameters())
+        moved.append(any(not torch.equal(a, b) for a, b in zip(after, before)))
+    assert moved == [True, False, False, True, False, False, True]
+
+
+def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
+    torch.manual_seed(0)
+    plain = build(filtered_config("filter_keep=0"), tiny_dataset())
+    torch.manual_seed(0)
+    run = build(filtered_config(), tiny_dataset())
+    assert plain.filter is None
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, run.model.state_dict()[k]), k
+    seen = []
+
+    def record(module, args):
+        x = args[0]
+        seen.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last)))
+
+    run.model.register_forward_pre_hook(record)
+    stats = StepStats.zeros(run.device)
+    for step, (x, y) in enumerate(run.batches(0)):
+        run.step(stats, x, y, 0, step)
+    assert seen == [((4, 3, 16, 16), True)] * run.steps
+    assert stats.sums[StepStats.EXAMPLES] == 4 * run.steps
+    assert "filter" in run.state_dict()
+
+
+@pytest.mark.parametrize(
+    "bad", ["filter_keep=1", "filter_keep=-0.1", "filter_widths=[32, 64]", "filter_train_every=0"]
+)
+def test_impossible_filter_settings_are_refused(bad):
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        resolve("fast", sets=[bad])
