@@ -351,18 +351,10 @@ def build(
     precision = resolve_precision(config.precision, device)
     ns = muon.ns_dtype(config.muon_precision, device.type)
     optimizer = make_optimizer(model, config, batch, ns)
-    hard_filter = None
-    if config.filter_keep:
-        # Built after the model, so that its initial weights do not depend on the filter.
-        proxy = data_filter.proxy_model(config, len(splits.class_names))
-        proxy = proxy.to(device=device, memory_format=fmt)
-        proxy.init_from_data(whitening_images)
-        proxy_forward = data_filter.wrap(proxy, world)
-        if config.compile:
-            proxy_forward = torch.compile(proxy_forward)
-        hard_filter = data_filter.HardExampleFilter(
-            proxy, proxy_forward, config, batch, precision, world.size, ns
-        )
+    # Built after the model, so that its initial weights do not depend on the filter.
+    hard_filter = data_filter.build(
+        config, len(splits.class_names), whitening_images, world, batch, precision, ns
+    )
     forward = model
     if world.active:
         ids = [device.index] if device.type == "cuda" else None

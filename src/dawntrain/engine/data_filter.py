@@ -93,9 +93,27 @@ class HardExampleFilter:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def wrap(model: nn.Module, world) -> nn.Module:
-    """The proxy as the step calls it: under torchrun, DDP (its gradients averaged over ranks)."""
-    if not world.active:
-        return model
-    ids = [world.device.index] if world.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+def build(
+    config,
+    num_classes: int,
+    whitening_images: torch.Tensor | None,
+    world,
+    batch: int,
+    precision: str,
+    ns_dtype: torch.dtype = torch.float32,
+) -> HardExampleFilter | None:
+    """The filter config.filter_keep asks for (None: off): the proxy on the world's device, its
+    whitening from the model's images, under torchrun wrapped in DDP (its gradients averaged over
+    ranks, so every rank's proxy takes the same steps), compiled where the model is."""
+    if not config.filter_keep:
+        return None
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    proxy = proxy_model(config, num_classes).to(device=world.device, memory_format=fmt)
+    proxy.init_from_data(whitening_images)
+    forward: nn.Module = proxy
+    if world.active:
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(proxy, device_ids=ids)
+    if config.compile:
+        forward = torch.compile(forward)
+    return HardExampleFilter(proxy, forward, config, batch, precision, world.size, ns_dtype)
