@@ -221,16 +221,19 @@ def run_flops(
     epochs = config.epochs
     c, full = input_shape[0], input_shape[-1]
     sides = [train_side(config.train_sizes, e, full) for e in range(epochs)]
-    train_forward = sum(
-        forward if side == full else flops(model, (c, side, side)) for side in sides
-    )
+
+    def epochs_forward(net: nn.Module) -> int:
+        """One image's forward FLOPs summed over the epochs, each at its side."""
+        per_side = {s: flops(net, (c, s, s)) for s in set(sides)}
+        return sum(per_side[s] for s in sides)
+
+    train_forward = epochs_forward(model)
     filtering = 0
     if config.filter_keep:
         # The model trains on the kept share; the proxy scores every image and, every
         # filter_train_every steps, back-propagates through the whole batch (its loss masked).
         train_forward *= config.filter_keep
-        proxy = proxy_model(config, _classes(model))
-        proxy_forward = sum(flops(proxy, (c, side, side)) for side in sides)
+        proxy_forward = epochs_forward(proxy_model(config, _classes(model)))
         filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
     validations = sum(
         1

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dawntrain import seeds
+from dawntrain.runtime.device import memory_format
 
 # keras_preprocessing's samplewise_std_normalization epsilon (standalone Keras <= 2.1 used 1e-7).
 KERAS_STD_EPS = 1e-6
@@ -132,8 +133,7 @@ class Normalizer:
             x = x / (x.std(dim=(1, 2, 3), keepdim=True, correction=0) + KERAS_STD_EPS)
         else:
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=memory_format)
+        return x.contiguous(memory_format=memory_format(channels_last))
 
     def state(self) -> dict:
         return {

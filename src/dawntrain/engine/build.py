@@ -42,7 +42,7 @@ from dawntrain.engine.step import StepStats, loss_fn, train_step
 from dawntrain.errors import DawntrainError
 from dawntrain.models import input_size, model_for
 from dawntrain.runtime import distributed
-from dawntrain.runtime.device import resolve_precision
+from dawntrain.runtime.device import memory_format, resolve_precision
 
 
 @dataclass
@@ -126,7 +126,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 def model_on_device(config: Config, num_classes: int, device: torch.device) -> nn.Module:
     """The config's model on the device in the config's memory layout (not yet initialised
     from data: see Run)."""
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    fmt = memory_format(config.channels_last)
     return model_for(config, num_classes).to(device=device, memory_format=fmt)
 
 
@@ -231,8 +231,7 @@ class Run:
         x = self.inputs(x, epoch, step)
         if self.filter is not None:
             keep = self.filter.pick(x, y, lr, global_step)
-            fmt = torch.channels_last if c.channels_last else torch.contiguous_format
-            x, y = x[keep].contiguous(memory_format=fmt), y[keep]
+            x, y = x[keep].contiguous(memory_format=memory_format(c.channels_last)), y[keep]
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
@@ -337,8 +336,7 @@ def build(
     model = model_for(config, len(splits.class_names))
     if config.sync_bn and world.active:
         model = distributed.convert_sync_batchnorm(model, device)
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=fmt)
+    model = model.to(device=device, memory_format=memory_format(config.channels_last))
     whitening_images = None
     if hasattr(model, "init_from_data") or config.filter_keep:
         # Whitening filters from (up to) 5,000 training images, identically on every resume.
@@ -355,10 +353,7 @@ def build(
     hard_filter = data_filter.build(
         config, len(splits.class_names), whitening_images, world, batch, precision, ns
     )
-    forward = model
-    if world.active:
-        ids = [device.index] if device.type == "cuda" else None
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    forward = distributed.data_parallel(model, world)
     if config.compile:
         forward = torch.compile(forward)
     # Copied after DDP's construction, which broadcasts rank 0's weights into every rank's model.

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr
 from dawntrain.models import FastNet
-from dawntrain.runtime.device import autocast
+from dawntrain.runtime import distributed
+from dawntrain.runtime.device import autocast, memory_format
 
 
 def proxy_model(config, num_classes: int) -> FastNet:
@@ -107,13 +107,10 @@ def build(
     ranks, so every rank's proxy takes the same steps), compiled where the model is."""
     if not config.filter_keep:
         return None
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    proxy = proxy_model(config, num_classes).to(device=world.device, memory_format=fmt)
+    proxy = proxy_model(config, num_classes)
+    proxy = proxy.to(device=world.device, memory_format=memory_format(config.channels_last))
     proxy.init_from_data(whitening_images)
-    forward: nn.Module = proxy
-    if world.active:
-        ids = [world.device.index] if world.device.type == "cuda" else None
-        forward = nn.parallel.DistributedDataParallel(proxy, device_ids=ids)
+    forward = distributed.data_parallel(proxy, world)
     if config.compile:
         forward = torch.compile(forward)
     return HardExampleFilter(proxy, forward, config, batch, precision, world.size, ns_dtype)

@@ -60,6 +60,10 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for bf16/fp16; BatchNorm and the loss stay fp32 by autocast's own op lists."""
     if precision == "fp32":

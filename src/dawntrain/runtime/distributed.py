@@ -151,6 +151,15 @@ class CrossRankBatchNorm(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
+def data_parallel(model: nn.Module, world: World) -> nn.Module:
+    """`model` as a training step calls it in `world`: DDP when there are several ranks (its
+    gradients averaged over them), the model itself in a world of one."""
+    if not world.active:
+        return model
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm2d layers → torch's SyncBatchNorm on CUDA, CrossRankBatchNorm elsewhere."""
     if device.type == "cuda":
