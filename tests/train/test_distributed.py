@@ -180,3 +180,29 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error(tmp_path):
 def no_inherited_world(monkeypatch):
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
+
+
+def test_a_data_filtered_fast_run_trains_on_two_ranks_and_resumes_in_one(tmp_path):
+    """The proxy under DDP: it scores without gradients on most steps and learns on the others
+    (every rank's proxy then takes the averaged step); its state resumes in one process."""
+    data = image_folder(tmp_path / "data")
+    common = ["--data", str(data), "--preset", "fast", *TINY, "--set", "filter_keep=0.5"]
+    common += ["--set", "filter_train_every=2", "--set", "whiten_bias_epochs=0.5"]
+    common += ["--set", "lr_schedule=staircase", "--set", "muon_ns_steps=3"]
+    procs = launch(
+        [*common, "--epochs", "2", "--out", str(tmp_path / "ddp")],
+        2,
+        free_port(),
+        tmp_path / "cache",
+    )
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    state = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and set(state["filter"]) == {"model", "optimizer", "scaler"}
+    assert all(torch.isfinite(v).all() for v in state["filter"]["model"].values())
+    run_single(
+        [*common, "--epochs", "3", "--out", str(tmp_path / "ddp"), "--resume", "last"],
+        tmp_path / "cache",
+    )
+    assert load(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 3
