@@ -78,6 +78,19 @@ def run_single(args: list[str], cache: Path) -> None:
     )
 
 
+def two_ranks_then_one(common: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """Train `common` for 2 epochs on two ranks, then resume it in one process for a third; the
+    last checkpoint after each."""
+    out = ["--out", str(tmp_path / "ddp")]
+    procs = launch([*common, "--epochs", "2", *out], 2, free_port(), tmp_path / "cache")
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    on_two = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    run_single([*common, "--epochs", "3", *out, "--resume", "last"], tmp_path / "cache")
+    return on_two, load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+
+
 def relative_difference(a: dict, b: dict) -> float:
     worst = 0.0
     for k, v in a.items():
@@ -126,24 +139,11 @@ def test_without_sync_bn_ranks_still_train_and_resume_at_another_world_size(tmp_
     data = image_folder(tmp_path / "data")
     # A staircase schedule: nothing of the run depends on epochs, so it may grow on resume.
     common = ["--data", str(data), *TINY, "--set", "lr_schedule=staircase"]
-    procs = launch(
-        [*common, "--epochs", "2", "--out", str(tmp_path / "ddp")],
-        2,
-        free_port(),
-        tmp_path / "cache",
-    )
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-    state = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    # The same run continued by one process for a third epoch.
+    state, resumed = two_ranks_then_one(common, tmp_path)
     assert state["world_size"] == 2 and state["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    # The same run continued by one process for a third epoch.
-    run_single(
-        [*common, "--epochs", "3", "--out", str(tmp_path / "ddp"), "--resume", "last"],
-        tmp_path / "cache",
-    )
-    assert load(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 3
+    assert resumed["epoch"] == 3
 
 
 def test_killing_one_rank_ends_the_other_with_a_clear_error(tmp_path):
@@ -189,20 +189,7 @@ def test_a_data_filtered_fast_run_trains_on_two_ranks_and_resumes_in_one(tmp_pat
     common = ["--data", str(data), "--preset", "fast", *TINY, "--set", "filter_keep=0.5"]
     common += ["--set", "filter_train_every=2", "--set", "whiten_bias_epochs=0.5"]
     common += ["--set", "lr_schedule=staircase", "--set", "muon_ns_steps=3"]
-    procs = launch(
-        [*common, "--epochs", "2", "--out", str(tmp_path / "ddp")],
-        2,
-        free_port(),
-        tmp_path / "cache",
-    )
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-    state = load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    state, resumed = two_ranks_then_one(common, tmp_path)
     assert state["world_size"] == 2 and set(state["filter"]) == {"model", "optimizer", "scaler"}
     assert all(torch.isfinite(v).all() for v in state["filter"]["model"].values())
-    run_single(
-        [*common, "--epochs", "3", "--out", str(tmp_path / "ddp"), "--resume", "last"],
-        tmp_path / "cache",
-    )
-    assert load(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 3
+    assert resumed["epoch"] == 3
