@@ -77,7 +77,7 @@ class Config:
     # and the model trains only on the `filter_keep` share of it that the proxy finds hardest
     # (highest loss); the proxy trains on its own hardest share every `filter_train_every` steps.
     # An epoch keeps its steps and order, each step costing the model about filter_keep of one;
-    # train_loss, train_acc and img/s count the kept images only.
+    # train_loss and train_acc count the kept images only, img/s every image the epoch reads.
     # 0: off (every image trains); airbench96_faster: 0.5, proxy blocks 32/64/64, every 4.
     filter_keep: float = 0.0
     filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])

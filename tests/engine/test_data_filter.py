@@ -10,6 +10,7 @@ from dawntrain.config import resolve
 from dawntrain.engine.build import build
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
+from dawntrain.train.loop import describe_run
 from synthetic import tiny_dataset
 
 
@@ -67,6 +68,13 @@ def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
     assert seen == [((4, 3, 16, 16), True)] * run.steps
     assert stats.sums[StepStats.EXAMPLES] == 4 * run.steps
     assert "filter" in run.state_dict()
+
+
+def test_the_run_says_that_its_training_metrics_count_the_kept_images():
+    env = {"device": "cpu"}
+    filtered = describe_run(build(filtered_config(), tiny_dataset()), env)
+    assert "hardest 25% of each batch by a 32/64/64 proxy" in filtered
+    assert "filtering" not in describe_run(build(filtered_config("filter_keep=0"), tiny_dataset()), env)
 
 
 @pytest.mark.parametrize(

@@ -472,7 +472,15 @@ def environment(device: torch.device, precision: str) -> dict[str, Any]:
 def describe_run(run: Run, env: dict[str, Any]) -> str:
     params = sum(p.numel() for p in run.model.parameters())
     ranks = f", {run.world.size} ranks" if run.world.active else ""
+    c = run.config
+    kept = (
+        f"\ndata filtering: the model trains on the hardest {c.filter_keep:.0%} of each batch by a "
+        f"{'/'.join(map(str, c.filter_widths))} proxy; train_loss and train_acc count those images"
+        if c.filter_keep
+        else ""
+    )
     return (
-        f"{run.config.preset}: {len(run.train_y)} training images, {len(run.val_y)} validation, "
+        f"{c.preset}: {len(run.train_y)} training images, {len(run.val_y)} validation, "
         f"{run.num_classes} classes, {params:,} parameters, {env['device']}, {run.precision}{ranks}"
+        f"{kept}"
     )
