@@ -39,6 +39,33 @@ def assert_same_run(a, b):
     assert ma == mb
 
 
+class CrashAfterSteps(Callback):
+    """Raises after the run's n-th step (counted over epochs), before the loop can save it."""
+
+    def __init__(self, steps: int):
+        self.steps, self.done = steps, 0
+
+    def on_step_end(self, run, state):
+        self.done += 1
+        if self.done == self.steps:
+            raise RuntimeError("simulated crash")
+
+
+def crash_and_resume(make_config, tmp_path, after_steps, saved_at):
+    """Runs make_config(tmp_path/"full") whole and make_config(tmp_path/"part") until a crash after
+    `after_steps` steps; its last checkpoint must stand at saved_at (epoch, step in epoch), and the
+    part, resumed from it, must end as the whole run."""
+    data = tiny_dataset()
+    full, part = tmp_path / "full", tmp_path / "part"
+    fit(make_config(full), dataset=data)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_config(part), dataset=data, callbacks=[CrashAfterSteps(after_steps)])
+    state = load(part / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == saved_at
+    fit(make_config(part), dataset=data, resume="last")
+    assert_same_run(full, part)
+
+
 def test_resume_at_an_epoch_boundary_is_exact(tmp_path):
     data = tiny_dataset()
     fit(config(tmp_path / "full"), dataset=data)
@@ -53,28 +80,11 @@ def test_resume_at_an_epoch_boundary_is_exact(tmp_path):
 
 
 def test_resume_inside_an_epoch_is_exact(tmp_path):
-    data = tiny_dataset()
-    fit(config(tmp_path / "full"), dataset=data)
+    def davidnet(out):
+        return config(out, checkpoint_every_steps=2)
 
-    class CrashInSixthStep(Callback):
-        def __init__(self):
-            self.steps = 0
-
-        def on_step_end(self, run, state):
-            self.steps += 1
-            if self.steps == 6:  # before the loop could save anything of this step
-                raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(
-            config(tmp_path / "part", checkpoint_every_steps=2),
-            dataset=data,
-            callbacks=[CrashInSixthStep()],
-        )
-    state = load(tmp_path / "part" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # 3 steps an epoch, saved every 2
-    fit(config(tmp_path / "part", checkpoint_every_steps=2), dataset=data, resume="last")
-    assert_same_run(tmp_path / "full", tmp_path / "part")
+    # 3 steps an epoch, saved every 2: a crash in step 6 falls back to step 2 of epoch 2.
+    crash_and_resume(davidnet, tmp_path, after_steps=6, saved_at=(1, 2))
 
 
 def test_an_epoch_resumed_from_inside_keeps_the_time_it_had_run(tmp_path):
@@ -162,7 +172,6 @@ def test_a_staircase_run_resumed_with_more_epochs_is_the_longer_run(tmp_path):
 def test_a_fast_run_with_jitter_and_a_mid_epoch_freeze_resumes_exactly(tmp_path):
     """Colour jitter and the whitening bias frozen inside an epoch depend on (seed, epoch, step)
     only: a run resumed from inside its first epoch, before the freeze, ends as the whole run."""
-    data = tiny_dataset()
     sets = [
         "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
         "precision=fp32", "brightness=0.14", "contrast=0.13", "whiten_bias_epochs=0.8",
@@ -172,24 +181,12 @@ def test_a_fast_run_with_jitter_and_a_mid_epoch_freeze_resumes_exactly(tmp_path)
     def fast(out):
         return resolve("fast", sets=sets, overrides={"out": str(out)})
 
-    fit(fast(tmp_path / "full"), dataset=data)
-
-    class CrashInSecondStep(Callback):
-        def on_step_end(self, run, state):
-            if state.step == 2:
-                raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(fast(tmp_path / "part"), dataset=data, callbacks=[CrashInSecondStep()])
-    assert load(tmp_path / "part" / "checkpoints" / "last.pt")["step_in_epoch"] == 1
-    fit(fast(tmp_path / "part"), dataset=data, resume="last")
-    assert_same_run(tmp_path / "full", tmp_path / "part")
+    crash_and_resume(fast, tmp_path, after_steps=2, saved_at=(0, 1))
 
 
 def test_a_data_filtered_run_resumes_exactly_with_its_proxy(tmp_path):
     """The proxy's weights and optimizer travel in the checkpoint: a run resumed between two of
     its learning steps picks the same images and ends as the whole run."""
-    data = tiny_dataset()
     sets = [
         "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
         "precision=fp32", "filter_keep=0.5", "filter_train_every=2", "whiten_bias_epochs=0.5",
@@ -199,18 +196,7 @@ def test_a_data_filtered_run_resumes_exactly_with_its_proxy(tmp_path):
     def filtered(out):
         return resolve("fast", sets=sets, overrides={"out": str(out)})
 
-    fit(filtered(tmp_path / "full"), dataset=data)
-
-    class CrashInFourthStep(Callback):
-        def on_step_end(self, run, state):
-            if state.step == 4:
-                raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(filtered(tmp_path / "part"), dataset=data, callbacks=[CrashInFourthStep()])
-    assert load(tmp_path / "part" / "checkpoints" / "last.pt")["step_in_epoch"] == 3
-    fit(filtered(tmp_path / "part"), dataset=data, resume="last")
-    assert_same_run(tmp_path / "full", tmp_path / "part")
+    crash_and_resume(filtered, tmp_path, after_steps=4, saved_at=(0, 3))
     proxies = [final_state(tmp_path / d)["filter"]["model"] for d in ("full", "part")]
     for k, v in proxies[0].items():
         assert torch.equal(v, proxies[1][k]), k
