@@ -311,3 +311,21 @@ def test_bench_tta_rows_are_what_a_run_with_that_threshold_evaluates(tmp_path, c
     assert "share with views" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(args + ["--tta", "0"])  # not a choice: the run's level or another
+
+
+@pytest.mark.parametrize("preset", ["fast", "fast-budget"])
+def test_the_filtering_row_toggles_filtering_at_about_the_same_flops(preset):
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.bench.ablation import ABLATIONS
+    from dawntrain.config import apply, resolve, validate
+    from dawntrain.models import model_for
+
+    def total(config):
+        return run_flops(model_for(config, 10), config, (3, 32, 32), 50_000, 10_000)["total"]
+
+    base = resolve(preset)
+    toggled = validate(apply(base, ABLATIONS["data filtering toggled"](base), "row"))
+    back = validate(apply(toggled, ABLATIONS["data filtering toggled"](toggled), "row"))
+    assert bool(toggled.filter_keep) != bool(base.filter_keep)
+    assert back.epochs == base.epochs and back.filter_keep in (0.0, base.filter_keep)
+    assert total(toggled) == pytest.approx(total(base), rel=0.06)

@@ -74,7 +74,9 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     env = {"device": "cpu"}
     filtered = describe_run(build(filtered_config(), tiny_dataset()), env)
     assert "hardest 25% of each batch by a 32/64/64 proxy" in filtered
-    assert "filtering" not in describe_run(build(filtered_config("filter_keep=0"), tiny_dataset()), env)
+    assert "filtering" not in describe_run(
+        build(filtered_config("filter_keep=0"), tiny_dataset()), env
+    )
 
 
 @pytest.mark.parametrize(
