@@ -12,9 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dawntrain.analysis.flop_count import flops
 from dawntrain.bench import accuracy
 from dawntrain.config import Config, apply, resolve, validate
+from dawntrain.engine.data_filter import proxy_model
 from dawntrain.files import atomic_write
+from dawntrain.models import model_for
 
 # Row name → the config changes that switch one trick off (or a function of the preset's config
 # that returns them). TTA needs no run of its own: every row reports accuracy with and without it.
@@ -29,20 +32,25 @@ def _optimizer_swapped(config: Config) -> dict[str, Any]:
     return {k: v for k, v in b.items() if a[k] != v and k != "preset"}
 
 
-# A filtered epoch costs the model's kept share plus the proxy's passes, about 0.073 of a full
-# epoch for the 32/64/64 proxy scoring every image and learning every 4th step (by run_flops,
-# fast-budget at 32x32).
-_PROXY_EPOCH_SHARE = 0.073
+def _proxy_epoch_share(config: Config) -> float:
+    """The proxy's FLOPs in an epoch as a share of a full unfiltered epoch's: it scores every
+    image and back-propagates every filter_train_every-th step (as run_flops counts it). At 32x32;
+    the ratio of two networks of the same shape hardly moves with the side."""
+    shape = (3, 32, 32)
+    proxy = flops(proxy_model(config, 10), shape) * (1 + 2 / config.filter_train_every)
+    return proxy / (3 * flops(model_for(config, 10), shape))
 
 
 def _filtering_toggled(config: Config) -> dict[str, Any]:
     """Data filtering on (the hardest 70%) or off, at about the same FLOPs: an epoch with it
-    costs filter_keep + the proxy's share of one without (10 filtered epochs for 8 plain)."""
+    costs filter_keep plus the proxy's share of one without (fast-budget: 10 filtered epochs for
+    8 plain)."""
     if config.filter_keep:
-        cost = config.filter_keep + _PROXY_EPOCH_SHARE
+        cost = config.filter_keep + _proxy_epoch_share(config)
         return {"filter_keep": 0.0, "epochs": max(1, round(config.epochs * cost))}
     keep = 0.7  # fast-budget's share (docs/benchmarks.md)
-    return {"filter_keep": keep, "epochs": round(config.epochs / (keep + _PROXY_EPOCH_SHARE))}
+    cost = keep + _proxy_epoch_share(config)
+    return {"filter_keep": keep, "epochs": round(config.epochs / cost)}
 
 
 ABLATIONS: dict[str, Changes] = {
