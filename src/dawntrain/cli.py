@@ -315,7 +315,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     variants = throughput.variants_for(cfg, args.image_size, compile_too=args.compile)
     variants += [throughput.changed_engine(cfg, spec) for spec in args.vs]
     if args.rows:
-        variants = throughput.select(variants, args.rows.split(","))
+        variants = throughput.select(variants, throughput.split_top_level(args.rows))
     result = throughput.run(
         cfg,
         steps=args.steps,

@@ -40,11 +40,16 @@ class Variant:
     changes: dict[str, Any] = field(default_factory=dict)  # config keys this row sets (--vs)
 
 
+def split_top_level(spec: str) -> list[str]:
+    """spec split at its commas, except those inside [lists]: "a=[1,2],b" -> ["a=[1,2]", "b"]."""
+    return re.split(r",(?![^\[]*\])", spec)
+
+
 def changed_engine(config: Config, spec: str) -> Variant:
     """The engine row with config changes, from `--vs KEY=VALUE[,KEY=VALUE...]`: an A/B of any
     setting in the same process as the engine it is compared with. Checked against `config`
     here, so a misspelt key fails before any row is timed."""
-    items = re.split(r",(?![^\[]*\])", spec)  # commas inside [lists] stay
+    items = split_top_level(spec)
     changes = parse_set(items)
     validate(apply(config, changes, f"--vs {spec}"))
     # Named with spaces between the changes, so that `--rows` can list rows by commas.
