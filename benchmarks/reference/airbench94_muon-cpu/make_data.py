@@ -13,19 +13,25 @@ import torch
 
 from dawntrain.data.loading import load
 
-source, out = sys.argv[1], Path(sys.argv[2])
-data = load(source)
-out.mkdir(parents=True, exist_ok=True)
-for split, images, labels in (
-    ("train", data.train_images, data.train_labels),
-    ("test", data.test_images, data.test_labels),
-):
-    torch.save(
-        {
-            "images": torch.from_numpy(np.ascontiguousarray(images)),
-            "labels": torch.from_numpy(np.asarray(labels)).long(),
-            "classes": list(data.class_names),
-        },
-        out / f"{split}.pt",
-    )
-    print(f"{out / split}.pt: {len(labels)} images")
+
+def main(source: str, out: Path) -> None:
+    data = load(source)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, images, labels in (
+        ("train", data.train_images, data.train_labels),
+        ("test", data.test_images, data.test_labels),
+    ):
+        torch.save(
+            {
+                "images": torch.from_numpy(np.ascontiguousarray(images)),
+                "labels": torch.from_numpy(np.asarray(labels)).long(),
+                "classes": list(data.class_names),
+            },
+            out / f"{split}.pt",
+        )
+        print(f"{out / split}.pt: {len(labels)} images")
+
+
+# The guard matters: the first load decodes the JPEGs in worker processes, which import this file.
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
