@@ -70,6 +70,9 @@ class Config:
     # x → (x + b) · c, b uniform in ±brightness, c uniform in 1 ± contrast; 0 turns each off.
     brightness: float = 0.0
     contrast: float = 0.0
+    # Cutout (DeVries & Taylor 2017; airbench96: 12 with crop_padding 4): a cutout x cutout box
+    # at a random place in each training image set to the data set's mean; 0 turns it off.
+    cutout: int = 0
     alternate_flip: bool = (
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
@@ -352,6 +355,7 @@ def validate(config: Config) -> Config:
         (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),
         (config.weight_decay >= 0, "weight_decay must be >= 0"),
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
+        (config.cutout >= 0, "cutout must be >= 0 (the box's side in pixels; 0: none)"),
         (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
         (
             len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,

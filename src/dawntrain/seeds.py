@@ -16,6 +16,7 @@ SANITY_SUBSET = 5  # the images of the untrained-model check (always seed 0: com
 VAL_SPLIT = 7  # the training images held out for validation
 STEP = 11  # torch's global generator at each step: dropout masks
 COLOR_JITTER = 13  # an epoch's brightness and contrast per image (data/batches.py)
+CUTOUT = 17  # an epoch's cutout box per image (data/batches.py)
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:

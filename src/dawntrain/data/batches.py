@@ -1,4 +1,5 @@
-"""Batches made on the training device: epoch order, pad-crop-flip as one gather, normalization.
+"""Batches made on the training device: epoch order, pad-crop-flip as one gather, normalization,
+colour jitter and cutout.
 
 Everything random derives from (seed, epoch, purpose), so a resumed or distributed run sees the same
 order and the same augmentations as an uninterrupted single-process run.
@@ -83,6 +84,29 @@ def color_jitter(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> t
     brightness moves every channel by the same number of standard deviations, contrast scales
     the image about the data set's mean."""
     return x.add(shift.view(-1, 1, 1, 1).to(x.dtype)).mul_(scale.view(-1, 1, 1, 1).to(x.dtype))
+
+
+@functools.lru_cache(maxsize=2)
+def cutout_plan(
+    n: int, seed: int, epoch: int, size: int, side: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left corners (rows, columns) of each position's cutout box in one epoch, uniform over
+    the boxes that fit inside a side x side image (airbench96), from (seed, epoch) only."""
+    g = seeds.generator(seed, epoch, seeds.CUTOUT)
+    high = max(side - size, 0) + 1
+    return torch.randint(0, high, (n,), generator=g), torch.randint(0, high, (n,), generator=g)
+
+
+def cutout(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero a size x size box per image of a normalized float NCHW batch (DeVries & Taylor's
+    Cutout, as airbench96: after normalization 0 is the data set's mean colour), in its layout."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device) - top.to(x.device)[:, None]
+    cols = torch.arange(w, device=x.device) - left.to(x.device)[:, None]
+    inside = ((rows >= 0) & (rows < size))[:, None, :, None] & ((cols >= 0) & (cols < size))[
+        :, None, None, :
+    ]
+    return x.clone().masked_fill_(inside, 0)  # masked_fill would return NCHW for channels_last
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:

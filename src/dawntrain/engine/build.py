@@ -24,6 +24,8 @@ from dawntrain.data.batches import (
     batch_positions,
     channel_stats,
     color_jitter,
+    cutout,
+    cutout_plan,
     epoch_plan,
     jitter_plan,
     resized,
@@ -204,14 +206,18 @@ class Run:
 
     def inputs(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """This rank's uint8 batch of (epoch, step) as the model trains on it: normalized, colour
-        jittered (config.brightness, contrast), resized (config.train_sizes)."""
+        jittered (config.brightness, contrast), cut out (config.cutout), resized
+        (config.train_sizes)."""
         c = self.config
         x = self.normalizer(x, c.channels_last)
+        n = len(self.train_y)
+        pos = batch_positions(n, self.batch, step, self.world.rank, self.world.size)
         if c.brightness or c.contrast:
-            n = len(self.train_y)
             shift, scale = jitter_plan(n, c.seed, epoch, c.brightness, c.contrast)
-            pos = batch_positions(n, self.batch, step, self.world.rank, self.world.size)
             x = color_jitter(x, shift[pos].to(x.device), scale[pos].to(x.device))
+        if c.cutout:
+            top, left = cutout_plan(n, c.seed, epoch, c.cutout, x.shape[-1])
+            x = cutout(x, top[pos], left[pos], c.cutout)
         if c.train_sizes:
             x = resized(x, self.train_side(epoch))
         return x
