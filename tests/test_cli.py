@@ -126,6 +126,16 @@ def test_summary_prints_the_whole_runs_flops_as_the_accuracy_bench_counts_them(c
     # cifar10 (the preset's source) has its official counts; bad counts are refused.
     assert main(["summary", "--preset", "fast", "--epochs", "8"]) == 0
     assert "8 epochs, 50,000 training and 10,000 test images" in capsys.readouterr().out
+    # TTA only for unsure images: the share is known after training, so both ends are printed.
+    budget = resolve("fast-budget")
+    assert main(["summary", "--preset", "fast-budget", "--run-images", "5000,1000"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    ends = [
+        run_flops(model_for(budget, 10), budget, (3, 32, 32), 5000, 1000, tta_fraction=share)
+        for share in (1.0, 0.0)
+    ]
+    assert f"{ends[0]['total'] / 1e15:.3f} PFLOP (" in last
+    assert f"{ends[1]['total'] / 1e15:.3f} PFLOP if none takes the views" in last
     with pytest.raises(SystemExit):
         main(["summary", "--run-images", "5000"])
     assert "TRAIN,TEST" in capsys.readouterr().err
