@@ -1,4 +1,5 @@
-"""Small synthetic data sets for tests that train: learnable (class-dependent brightness), fast."""
+"""Small synthetic data sets for tests that train: learnable (class-dependent brightness), fast;
+and what a model is fed when it trains on one."""
 
 from __future__ import annotations
 
@@ -48,3 +49,19 @@ def image_folder(root: Path, per_class: int = 24, size: int = 32, classes: int =
                 pixels = rng.integers(0, 120, (size, size, 3)) + 60 * label
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
     return root
+
+
+def first_epoch_inputs(sets: list[str], data: ImageDataset) -> list:
+    """The batches a `fast` run resolved with `sets` feeds its model in epoch 0, step by step."""
+    from dawntrain.config import resolve
+    from dawntrain.engine.build import build
+    from dawntrain.engine.step import StepStats
+
+    run = build(resolve("fast", sets=sets), data)
+    inputs = []
+    run.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
+    stats = StepStats.zeros(run.device)
+    run.start_epoch(0)
+    for step, (x, y) in enumerate(run.batches(0)):
+        run.step(stats, x, y, 0, step)
+    return inputs

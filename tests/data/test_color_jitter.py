@@ -3,11 +3,8 @@ batch, drawn per position of the epoch's order so resumed and distributed runs s
 
 import torch
 
-from dawntrain.config import resolve
 from dawntrain.data.batches import batch_positions, color_jitter, jitter_plan
-from dawntrain.engine.build import build
-from dawntrain.engine.step import StepStats
-from synthetic import tiny_dataset
+from synthetic import first_epoch_inputs, tiny_dataset
 
 
 def test_jitter_plan_depends_on_seed_and_epoch_only_and_stays_in_range():
@@ -36,17 +33,8 @@ def test_color_jitter_matches_float64_and_keeps_the_layout():
 def test_the_step_trains_on_the_jittered_images_of_its_positions():
     sets = ["width=4", "batch_size=16", "epochs=1", "device='cpu'", "precision='fp32'"]
     data = tiny_dataset(n=40, size=16, n_test=16)
-    seen = {}
-    for jitter in (False, True):
-        extra = ["brightness=0.2", "contrast=0.3"] if jitter else []
-        run = build(resolve("fast", sets=sets + extra), data)
-        inputs = []
-        run.model.register_forward_pre_hook(lambda m, a, seen=inputs: seen.append(a[0].clone()))
-        stats = StepStats.zeros(run.device)
-        run.start_epoch(0)
-        for step, (x, y) in enumerate(run.batches(0)):
-            run.step(stats, x, y, 0, step)
-        seen[jitter] = inputs
+    extra = ["brightness=0.2", "contrast=0.3"]
+    seen = {jitter: first_epoch_inputs(sets + extra * jitter, data) for jitter in (False, True)}
     shift, scale = jitter_plan(40, 0, 0, 0.2, 0.3)
     assert len(seen[True]) == 3  # 16 + 16 + 8 images
     for step, (plain, jittered) in enumerate(zip(seen[False], seen[True])):

@@ -6,10 +6,8 @@ import torch
 
 from dawntrain.config import resolve
 from dawntrain.data.batches import batch_positions, cutout, cutout_plan
-from dawntrain.engine.build import build
-from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
-from synthetic import tiny_dataset
+from synthetic import first_epoch_inputs, tiny_dataset
 
 
 def test_cutout_plan_depends_on_seed_and_epoch_only_and_keeps_the_box_inside():
@@ -44,16 +42,7 @@ def test_cutout_matches_a_loop_and_keeps_the_layout():
 def test_the_step_trains_on_the_cut_out_images_of_its_positions():
     sets = ["width=4", "batch_size=16", "epochs=1", "device='cpu'", "precision='fp32'"]
     data = tiny_dataset(n=40, size=16, n_test=16)
-    seen = {}
-    for size in (0, 5):
-        run = build(resolve("fast", sets=[*sets, f"cutout={size}"]), data)
-        inputs = []
-        run.model.register_forward_pre_hook(lambda m, a, seen=inputs: seen.append(a[0].clone()))
-        stats = StepStats.zeros(run.device)
-        run.start_epoch(0)
-        for step, (x, y) in enumerate(run.batches(0)):
-            run.step(stats, x, y, 0, step)
-        seen[size] = inputs
+    seen = {size: first_epoch_inputs([*sets, f"cutout={size}"], data) for size in (0, 5)}
     top, left = cutout_plan(40, 0, 0, 5, 16)
     assert len(seen[5]) == 3  # 16 + 16 + 8 images
     for step, (plain, cut) in enumerate(zip(seen[0], seen[5])):
