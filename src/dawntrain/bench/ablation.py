@@ -97,7 +97,7 @@ ABLATIONS: dict[str, Changes] = {
     # a 32/64/64 proxy), switched on at 70% or off, the epochs changed to keep the run's FLOPs.
     "data filtering toggled": _filtering_toggled,
     # airbench96's regularisers against a wide network's overfitting: 12-pixel Cutout with 4-pixel
-    # crops (airbench94's 2); meant for the wide rows (--set width=128 --set width_factor=3.0).
+    # crops (airbench94's 2); meant for `fast-wide`, whose crops are 4 pixels already.
     "cutout 12, 4-pixel crops": {"cutout": 12, "crop_padding": 4},
 }
 
