@@ -33,8 +33,8 @@ def test_color_jitter_matches_float64_and_keeps_the_layout():
 def test_the_step_trains_on_the_jittered_images_of_its_positions():
     sets = ["width=4", "batch_size=16", "epochs=1", "device='cpu'", "precision='fp32'"]
     data = tiny_dataset(n=40, size=16, n_test=16)
-    jittered = [*sets, "brightness=0.2", "contrast=0.3"]
-    seen = {False: first_epoch_inputs(sets, data), True: first_epoch_inputs(jittered, data)}
+    jitter_sets = [*sets, "brightness=0.2", "contrast=0.3"]
+    seen = {False: first_epoch_inputs(sets, data), True: first_epoch_inputs(jitter_sets, data)}
     shift, scale = jitter_plan(40, 0, 0, 0.2, 0.3)
     assert len(seen[True]) == 3  # 16 + 16 + 8 images
     for step, (plain, jittered) in enumerate(zip(seen[False], seen[True])):
