@@ -275,6 +275,8 @@ def test_bench_profile_splits_the_step_into_phases_and_kinds(tmp_path, capsys):
     attributed = sum(r["share"] for r in result["parts"])
     assert 0 < attributed <= 1.0 + 1e-3
     assert attributed + result["unattributed_share"] == pytest.approx(1.0, abs=2e-3)
+    # The same steps were timed unprofiled, to show what the profiler itself costs.
+    assert result["unprofiled_ms_per_step"] > 0 and result["page_faults_per_step"] >= 0
     assert len(list(tmp_path.glob("profile-fast-*.json"))) == 1
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dawntrain.runtime.malloc import freed_memory_kept, keep_freed_memory
+from dawntrain.runtime.malloc import freed_memory_kept, keep_freed_memory, reserve_heap
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="mallopt thresholds are glibc's (Linux)"
@@ -32,10 +32,31 @@ print(faults, last * sum(sizes) // 4096)
 """
 
 
-def steady_state_page_faults(mode: str) -> tuple[int, int]:
+# The same rounds while something keeps small blocks from each round, as a profiler keeps its
+# records: they split the freed blocks, so each round grows the heap into fresh pages, unless
+# reserve_heap made the next pages resident first ("reserve").
+WATCHED_STEPS = """
+import resource, sys, torch
+from dawntrain.runtime.malloc import keep_freed_memory, reserve_heap
+assert keep_freed_memory()
+sizes, rounds, last, records, faults = [48 << 20, 40 << 20, 48 << 20], 12, 4, [], 0
+for i in range(rounds):
+    if sys.argv[1] == "reserve":
+        assert reserve_heap(256 << 20) == 256 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.empty(n // 4).fill_(1.0) for n in sizes]
+    del blocks
+    if i >= rounds - last:
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    records += [torch.empty(64) for _ in range(50)]
+print(faults, last * sum(sizes) // 4096)
+"""
+
+
+def steady_state_page_faults(mode: str, script: str = STEPS) -> tuple[int, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", STEPS, mode], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, env=env, check=True
     )
     faults, pages = map(int, out.stdout.split())
     return faults, pages
@@ -46,6 +67,13 @@ def test_kept_memory_is_reused_without_faulting_pages_in_again():
     kept, pages = steady_state_page_faults("keep")
     default, _ = steady_state_page_faults("default")  # glibc mmaps and unmaps each block
     assert kept < pages // 20 and default > pages // 2
+
+
+@glibc_only
+def test_a_reserved_heap_keeps_a_watched_step_off_fresh_pages():
+    reserved, pages = steady_state_page_faults("reserve", WATCHED_STEPS)
+    split, _ = steady_state_page_faults("none", WATCHED_STEPS)
+    assert reserved < pages // 20 and split > pages // 4
 
 
 @glibc_only
@@ -62,6 +90,7 @@ def test_a_malloc_the_user_chose_is_left_alone(monkeypatch, name, value):
     assert keep_freed_memory() is False
     with freed_memory_kept() as took:
         assert not took
+    assert reserve_heap() == 0
 
 
 def test_a_gpu_run_leaves_malloc_alone():

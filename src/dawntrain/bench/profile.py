@@ -8,6 +8,13 @@ CPU time (self time: a parent's time is not counted again in its children's), so
 kind adds up to the profiled wall time less the Python between operators, shown as "unattributed".
 On a GPU the same split is of the host's time, which is not where the time goes: use the CUDA
 profiler there.
+
+The profiler's own records would split the freed blocks glibc reuses step after step
+(runtime/malloc.py), and the profiled step would then fault fresh pages in and count the
+zero-fills into them as copies (DavidNet 1.5x slower profiled, on Zen 4). So each step starts
+with the heap's next pages made resident (reserve_heap, untimed), the same steps are timed
+unprofiled first, and both times and page faults are reported: a profile is to be read only
+where the two times agree.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dawntrain.config import Config
 from dawntrain.engine.build import build
 from dawntrain.engine.step import StepStats
 from dawntrain.runtime.device import describe, resolve_device, synchronize
-from dawntrain.runtime.malloc import freed_memory_kept
+from dawntrain.runtime.malloc import freed_memory_kept, reserve_heap
 
 BATCHES, STEP = "dawntrain.batches", "dawntrain.step"
 # (kind, substrings of aten op names); the first match wins, so the order matters: a
@@ -93,14 +100,23 @@ def split(events) -> dict[tuple[str, str], float]:
 
 
 def run(config: Config, steps: int = 4, warmup: int = 2, image_size: int = 32) -> dict[str, Any]:
-    """Profile `steps` training steps of `config` (after `warmup`) and split their time."""
+    """Profile `steps` training steps of `config` (after `warmup`, and after timing as many
+    unprofiled) and split their time."""
     device = resolve_device(config.device)
-    with freed_memory_kept(True, device.type == "cpu"):
-        return _run(config, device, steps, warmup, image_size)
+    with freed_memory_kept(True, device.type == "cpu") as kept:
+        return _run(config, device, steps, warmup, image_size, kept)
+
+
+def _page_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _run(
-    config: Config, device: torch.device, steps: int, warmup: int, image_size: int
+    config: Config, device: torch.device, steps: int, warmup: int, image_size: int, kept: bool
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = dataclasses.replace(config, device=str(device), val_from_train=0)
@@ -119,15 +135,28 @@ def _run(
             with record_function(STEP):
                 run.step(stats, *batch, epoch, 0)
 
+    def timed(first: int, reserve: bool) -> tuple[float, int]:
+        """Seconds and page faults of `steps` steps from step `first`, each timed alone."""
+        seconds, faults = 0.0, 0
+        for i in range(first, first + steps):
+            if reserve:
+                reserve_heap()
+            synchronize(device)
+            faults -= _page_faults()
+            start = time.perf_counter()
+            one(i)
+            synchronize(device)
+            seconds += time.perf_counter() - start
+            faults += _page_faults()
+        return seconds, faults
+
     for i in range(warmup):
         one(i)
-    synchronize(device)
+    # The unprofiled steps are those the profiled ones repeat (same epochs, same phases), on a
+    # reserved heap too: as a long run's settled steps, which fault nothing in.
+    plain, plain_faults = timed(warmup, reserve=kept)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        for i in range(steps):
-            one(warmup + i)
-        synchronize(device)
-        wall = time.perf_counter() - start
+        wall, faults = timed(warmup, reserve=kept)
     seconds = split(prof.events())
     parts = [
         {"phase": p, "kind": k, "ms_per_step": round(1e3 * s / steps, 3), "share": s / wall}
@@ -142,6 +171,10 @@ def _run(
         "torch": torch.__version__,
         "steps": steps,
         "ms_per_step": round(1e3 * wall / steps, 2),
+        "unprofiled_ms_per_step": round(1e3 * plain / steps, 2),
+        "page_faults_per_step": round(faults / steps),
+        "unprofiled_page_faults_per_step": round(plain_faults / steps),
+        "heap_reserved": kept,
         "images_per_s": round(steps * cfg.batch_size / wall, 1),
         "unattributed_share": round(max(0.0, 1 - attributed / wall), 4),
         "parts": [{**r, "share": round(r["share"], 4)} for r in parts],
@@ -158,11 +191,19 @@ def totals(result: dict[str, Any], key: str) -> dict[str, float]:
 
 def format_table(result: dict[str, Any], top: int = 12) -> str:
     ms = result["ms_per_step"]
+    plain = result["unprofiled_ms_per_step"]
     lines = [
         f"{result['preset']} batch {result['batch_size']} {result['precision']} on "
-        f"{result['device']}, torch {result['torch']}: {ms:.1f} ms a step "
-        f"({result['images_per_s']:.0f} images/s while profiled; the profiler costs a little)",
+        f"{result['device']}, torch {result['torch']}: {ms:.1f} ms a step profiled, "
+        f"{plain:.1f} unprofiled ({ms / plain:.2f}x); page faults a step "
+        f"{result['page_faults_per_step']:,} profiled, {result['unprofiled_page_faults_per_step']:,} "
+        "unprofiled",
     ]
+    if ms > 1.1 * plain:
+        lines.append(
+            "  the profiled step is over 10% slower: read the shares with care (page faults "
+            "count in whatever first writes fresh memory, mostly copies and fills)"
+        )
     for key in ("phase", "kind"):
         lines.append(f"{'by ' + key:<28}{'ms/step':>9}{'share':>8}")
         for name, t in totals(result, key).items():
