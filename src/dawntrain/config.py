@@ -85,6 +85,9 @@ class Config:
     filter_keep: float = 0.0
     filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
     filter_train_every: int = 4
+    # The side the proxy scores and trains at: larger batches are resized down to it (bilinear,
+    # antialiased) for the proxy only, the model training on them as they are; 0: as they are.
+    filter_side: int = 0
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -362,6 +365,10 @@ def validate(config: Config) -> Config:
             "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
         ),
         (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
+        (
+            config.filter_side == 0 or config.filter_side >= 8,
+            "filter_side must be 0 (the model's side) or an image side >= 8",
+        ),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),
         (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -215,3 +217,8 @@ def test_run_flops_with_data_filtering_counts_the_kept_share_and_the_proxys_pass
     assert got["filter"] == proxy_forward * 10 * 2
     assert got["total"] == plain["total"] - plain["train"] + got["train"] + got["filter"]
     assert "filter" not in plain
+    # A proxy at filter_side 24 sees the 16x16 epoch as it is and the 32x32 ones at 24.
+    at_24 = dataclasses.replace(filtered, filter_side=24)
+    smaller = run_flops(model, at_24, (3, 32, 32), n_train=10, n_val=5)
+    proxy_forward = sum(flops(proxy, (3, s, s)) for s in (16, 24, 24))
+    assert smaller["filter"] == proxy_forward * 10 * 2 and smaller["train"] == got["train"]

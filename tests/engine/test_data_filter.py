@@ -47,6 +47,25 @@ def test_the_proxy_learns_on_every_nth_step_only():
     assert moved == [True, False, False, True, False, False, True]
 
 
+def test_the_proxy_sees_the_batch_at_filter_side_and_the_model_at_its_own():
+    torch.manual_seed(0)
+    run = build(filtered_config("filter_side=12"), tiny_dataset())
+    x, y = first_batch(run)
+    reference = copy.deepcopy(run.filter.model).train()
+    small = F.interpolate(x, size=(12, 12), mode="bilinear", antialias=True, align_corners=False)
+    losses = F.cross_entropy(reference(small), y, reduction="none")
+    proxy_sides, model_sides = [], []
+    run.filter.model.register_forward_pre_hook(lambda m, a: proxy_sides.append(a[0].shape[-1]))
+    run.model.register_forward_pre_hook(lambda m, a: model_sides.append(a[0].shape[-1]))
+    keep = run.filter.pick(x, y, lr=0.1, global_step=1)
+    assert keep.tolist() == sorted(losses.argsort(descending=True)[:4].tolist())
+    run.step(StepStats.zeros(run.device), *next(iter(run.batches(0))), 0, 0)
+    assert proxy_sides == [12, 12] and model_sides == [16]
+    # A batch at the side or smaller (progressive resizing's early epochs) goes as it is.
+    run.filter.pick(x[..., :8, :8].contiguous(), y, lr=0.1, global_step=1)
+    assert proxy_sides[-1] == 8
+
+
 def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
     torch.manual_seed(0)
     plain = build(filtered_config("filter_keep=0"), tiny_dataset())
@@ -80,7 +99,14 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
 
 
 @pytest.mark.parametrize(
-    "bad", ["filter_keep=1", "filter_keep=-0.1", "filter_widths=[32, 64]", "filter_train_every=0"]
+    "bad",
+    [
+        "filter_keep=1",
+        "filter_keep=-0.1",
+        "filter_widths=[32, 64]",
+        "filter_train_every=0",
+        "filter_side=4",
+    ],
 )
 def test_impossible_filter_settings_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):

@@ -216,16 +216,17 @@ def run_flops(
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
     measured, its summary's test_tta_fraction); the others cost the one plain pass. With data
     filtering (config.filter_keep) the model trains on the kept share and `filter` counts the
-    proxy's passes. Returns each part and the total."""
+    proxy's passes, at config.filter_side where that is smaller. Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
     c, full = input_shape[0], input_shape[-1]
     sides = [train_side(config.train_sizes, e, full) for e in range(epochs)]
 
-    def epochs_forward(net: nn.Module) -> int:
-        """One image's forward FLOPs summed over the epochs, each at its side."""
-        per_side = {s: flops(net, (c, s, s)) for s in set(sides)}
-        return sum(per_side[s] for s in sides)
+    def epochs_forward(net: nn.Module, most: int = full) -> int:
+        """One image's forward FLOPs summed over the epochs, each at its side (at most `most`)."""
+        capped = [min(s, most) for s in sides]
+        per_side = {s: flops(net, (c, s, s)) for s in set(capped)}
+        return sum(per_side[s] for s in capped)
 
     train_forward = epochs_forward(model)
     filtering = 0
@@ -233,7 +234,8 @@ def run_flops(
         # The model trains on the kept share; the proxy scores every image and, every
         # filter_train_every steps, back-propagates through the whole batch (its loss masked).
         train_forward *= config.filter_keep
-        proxy_forward = epochs_forward(proxy_model(config, _classes(model)))
+        proxy_side = config.filter_side or full
+        proxy_forward = epochs_forward(proxy_model(config, _classes(model)), proxy_side)
         filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
     validations = sum(
         1

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dawntrain.data.batches import resized
 from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr
 from dawntrain.models import FastNet
 from dawntrain.runtime import distributed
@@ -61,10 +62,13 @@ class HardExampleFilter:
 
     def pick(self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int) -> torch.Tensor:
         """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
-        proxy's loss; on every filter_train_every-th global step the proxy also trains on them,
-        its loss summed over them as the model's is."""
+        proxy's loss, the proxy seeing x at config.filter_side where x is larger; on every
+        filter_train_every-th global step the proxy also trains on them, its loss summed over
+        them as the model's is."""
         c = self.config
         learn = global_step % c.filter_train_every == 0
+        if c.filter_side and x.shape[-1] > c.filter_side:
+            x = resized(x, c.filter_side)
         self.model.train()
         with torch.set_grad_enabled(learn), autocast(x.device, self.precision):
             logits = self.forward(x)
