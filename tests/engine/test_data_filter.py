@@ -92,7 +92,9 @@ def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
 def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     env = {"device": "cpu"}
     filtered = describe_run(build(filtered_config(), tiny_dataset()), env)
-    assert "hardest 25% of each batch by a 32/64/64 proxy" in filtered
+    assert "hardest 25% of each batch by a 32/64/64 proxy;" in filtered
+    smaller = describe_run(build(filtered_config("filter_side=12"), tiny_dataset()), env)
+    assert "by a 32/64/64 proxy at 12x12 at most;" in smaller
     assert "filtering" not in describe_run(
         build(filtered_config("filter_keep=0"), tiny_dataset()), env
     )
