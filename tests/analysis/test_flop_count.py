@@ -182,6 +182,10 @@ def test_run_flops_counts_training_x3_and_every_evaluation_pass():
     # Validation on the test set with TTA: the last validation is the test's plain view.
     got = run_flops(model, config, (3, 2, 2), n_train=100, n_val=30)
     assert got["validation"] == f * 30 and got["test"] == f * 30 * 6
+    # An EMA of the weights is evaluated beside them: every evaluation twice, training once.
+    averaged = run_flops(model, dataclasses.replace(config, ema=0.99), (3, 2, 2), 100, 30)
+    assert averaged["validation"] == 2 * got["validation"] and averaged["test"] == 2 * got["test"]
+    assert averaged["train"] == got["train"] and averaged["sanity_check"] == got["sanity_check"]
 
 
 def test_run_flops_counts_each_epoch_at_its_progressive_size():

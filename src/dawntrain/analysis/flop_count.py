@@ -214,7 +214,9 @@ def run_flops(
     validation set, evaluated again only where TTA or lookahead asks for it (with TTA, the
     last validation is that pass's plain view). `tta_fraction`:
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
-    measured, its summary's test_tta_fraction); the others cost the one plain pass. With data
+    measured, its summary's test_tta_fraction); the others cost the one plain pass. With an
+    EMA of the weights (config.ema) every evaluation runs twice, the average's taking the same
+    share of views. With data
     filtering (config.filter_keep) the model trains on the kept share and `filter` counts the
     proxy's passes, at config.filter_side where that is smaller. Returns each part and the total."""
     forward = flops(model, input_shape)
@@ -249,11 +251,12 @@ def run_flops(
     if n_test is not None or config.tta_level or config.lookahead:
         extra = tta_fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
         tests = round(test_images * (1 + extra))
+    passes = 2 if config.ema else 1  # an EMA of the weights is evaluated beside them
     parts = {
         "train": round(3 * train_forward * n_train),
         **({"filter": filtering} if filtering else {}),
-        "validation": forward * n_val * validations,
-        "test": forward * tests,
+        "validation": forward * n_val * validations * passes,
+        "test": forward * tests * passes,
         "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,
     }
     return {**parts, "total": sum(parts.values())}
