@@ -216,9 +216,9 @@ def run_flops(
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
     measured, its summary's test_tta_fraction); the others cost the one plain pass. With an
     EMA of the weights (config.ema) every evaluation runs twice, the average's taking the same
-    share of views. With data
-    filtering (config.filter_keep) the model trains on the kept share and `filter` counts the
-    proxy's passes, at config.filter_side where that is smaller. Returns each part and the total."""
+    share of views. With data filtering (config.filter_keep) the model trains on the kept share
+    and `filter` counts the proxy's passes, at config.filter_side where that is smaller.
+    Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
     c, full = input_shape[0], input_shape[-1]
