@@ -92,16 +92,28 @@ def freed_memory_kept(keep: bool = True, cpu: bool = True) -> Iterator[bool]:
             keep_freed_memory(False)
 
 
+def _available_memory() -> int:
+    """Bytes the kernel can hand out without swapping (MemAvailable, which counts the page cache
+    it would drop; free memory alone can be small on a machine that has read much)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def reserve_heap(nbytes: int = _MAX_RESERVE) -> int:
     """Make the next `nbytes` the heap may grow by resident: malloc them, touch every page, free
     them (glibc merges them into the heap's free top and, with freed memory kept, keeps the
-    pages). Capped at a quarter of the free memory and at what glibc keeps; returns the bytes
+    pages). Capped at a quarter of the available memory and at what glibc keeps; returns the bytes
     reserved (0 off glibc or under a malloc the user chose). Call it with freed memory kept."""
     libc = _glibc()
     if libc is None:
         return 0
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    nbytes = min(nbytes, _MAX_RESERVE, free // 4)
+    nbytes = min(nbytes, _MAX_RESERVE, _available_memory() // 4)
     libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
     libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
     block = libc.malloc(nbytes) if nbytes > 0 else None
