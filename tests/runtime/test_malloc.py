@@ -49,7 +49,8 @@ print(faults, sum(sizes) // 4096)
 """
 
 
-def steady_state_page_faults(mode: str, script: str = STEPS) -> tuple[int, int]:
+def child_page_faults(mode: str, script: str = STEPS) -> tuple[int, int]:
+    """The page faults and pages `script` prints, run in a fresh process with `mode`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
         [sys.executable, "-c", script, mode], capture_output=True, text=True, env=env, check=True
@@ -60,15 +61,15 @@ def steady_state_page_faults(mode: str, script: str = STEPS) -> tuple[int, int]:
 
 @glibc_only
 def test_kept_memory_is_reused_without_faulting_pages_in_again():
-    kept, pages = steady_state_page_faults("keep")
-    default, _ = steady_state_page_faults("default")  # glibc mmaps and unmaps each block
+    kept, pages = child_page_faults("keep")
+    default, _ = child_page_faults("default")  # glibc mmaps and unmaps each block
     assert kept < pages // 20 and default > pages // 2
 
 
 @glibc_only
 def test_a_reserved_heap_grows_into_resident_pages():
-    reserved, pages = steady_state_page_faults("reserve", GROWING_STEP)
-    fresh, _ = steady_state_page_faults("none", GROWING_STEP)
+    reserved, pages = child_page_faults("reserve", GROWING_STEP)
+    fresh, _ = child_page_faults("none", GROWING_STEP)
     assert reserved < pages // 20 and fresh > pages // 2
 
 
