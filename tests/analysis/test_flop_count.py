@@ -186,6 +186,12 @@ def test_run_flops_counts_training_x3_and_every_evaluation_pass():
     averaged = run_flops(model, dataclasses.replace(config, ema=0.99), (3, 2, 2), 100, 30)
     assert averaged["validation"] == 2 * got["validation"] and averaged["test"] == 2 * got["test"]
     assert averaged["train"] == got["train"] and averaged["sanity_check"] == got["sanity_check"]
+    # Each test pass takes the views for its own share of the images (TTA only where unsure).
+    unsure = dataclasses.replace(config, ema=0.99, tta_below=0.6)
+    own = run_flops(model, unsure, (3, 2, 2), 100, 30, tta_fraction=0.5, ema_tta_fraction=0.1)
+    assert own["test"] == f * 30 * (1 + 0.5 * 5) + f * 30 * (1 + 0.1 * 5)
+    same = run_flops(model, unsure, (3, 2, 2), 100, 30, tta_fraction=0.5)
+    assert same["test"] == 2 * f * 30 * (1 + 0.5 * 5)
 
 
 def test_run_flops_counts_each_epoch_at_its_progressive_size():

@@ -205,6 +205,7 @@ def run_flops(
     n_val: int,
     n_test: int | None = None,
     tta_fraction: float = 1.0,
+    ema_tta_fraction: float | None = None,
 ) -> dict[str, int]:
     """FLOPs of a whole run the way the public speed records count them: multiply-adds x2 of
     convolutions and linear layers only, x3 for a training step (forward and backward), plus
@@ -215,8 +216,8 @@ def run_flops(
     last validation is that pass's plain view). `tta_fraction`:
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
     measured, its summary's test_tta_fraction); the others cost the one plain pass. With an
-    EMA of the weights (config.ema) every evaluation runs twice, the average's taking the same
-    share of views. With data filtering (config.filter_keep) the model trains on the kept share
+    EMA of the weights (config.ema) every evaluation runs twice, the average's test taking
+    `ema_tta_fraction` of the views (its summary's ema_test_tta_fraction; None: tta_fraction). With data filtering (config.filter_keep) the model trains on the kept share
     and `filter` counts the proxy's passes, at config.filter_side where that is smaller.
     Returns each part and the total."""
     forward = flops(model, input_shape)
@@ -247,16 +248,23 @@ def run_flops(
     if n_test is None and config.tta_level and not config.lookahead:
         validations -= 1  # the last one is the final test's plain view (loop.final_test_on_val)
     test_images = n_val if n_test is None else n_test
-    tests = 0
-    if n_test is not None or config.tta_level or config.lookahead:
-        extra = tta_fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
-        tests = round(test_images * (1 + extra))
-    passes = 2 if config.ema else 1  # an EMA of the weights is evaluated beside them
+
+    def tests(fraction: float) -> int:
+        if not (n_test is not None or config.tta_level or config.lookahead):
+            return 0
+        extra = fraction * (tta_views(config.tta_level) - 1) if config.tta_level else 0
+        return round(test_images * (1 + extra))
+
+    # An EMA of the weights is evaluated beside them, its test taking its own share of views.
+    passes = 2 if config.ema else 1
+    test = forward * tests(tta_fraction)
+    if config.ema:
+        test += forward * tests(tta_fraction if ema_tta_fraction is None else ema_tta_fraction)
     parts = {
         "train": round(3 * train_forward * n_train),
         **({"filter": filtering} if filtering else {}),
         "validation": forward * n_val * validations * passes,
-        "test": forward * tests * passes,
+        "test": test,
         "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,
     }
     return {**parts, "total": sum(parts.values())}

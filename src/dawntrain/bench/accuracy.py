@@ -60,6 +60,7 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
                 "test_acc": final.get("test_acc", final.get("val_acc")),
                 "test_acc_tta": final.get("test_acc_tta"),
                 "test_tta_fraction": final.get("test_tta_fraction"),
+                "ema_test_tta_fraction": final.get("ema_test_tta_fraction"),
                 "wall_s": round(wall, 1),
                 "first_epoch_at_target": reached,
             }
@@ -94,15 +95,30 @@ def run(config: Config, runs: int, out_dir: Path, target: float | None = None) -
 
 def _run_flops(config: Config, dataset, results: list[dict[str, Any]]) -> dict[str, int]:
     """run_flops of the config's model on this data, split as fit() splits it; with TTA only
-    where unsure (tta_below), at the runs' mean measured share of images that took it."""
+    where unsure (tta_below), at the runs' mean measured share of images that took it (the
+    EMA's own share for its test)."""
     n_train, side = len(dataset.train_labels), dataset.train_images.shape[1]
     n_val = config.val_from_train or len(dataset.test_labels)
     n_test = len(dataset.test_labels) if config.val_from_train else None
     model = model_for(config, len(dataset.class_names))
-    shares = [r["test_tta_fraction"] for r in results if r["test_tta_fraction"] is not None]
-    share = sum(shares) / len(shares) if shares else 1.0
+
+    def mean_share(key: str) -> float | None:
+        shares = [r[key] for r in results if r.get(key) is not None]
+        return sum(shares) / len(shares) if shares else None
+
+    share = mean_share("test_tta_fraction")
+    share = 1.0 if share is None else share
     n_train -= config.val_from_train
-    return run_flops(model, config, (3, side, side), n_train, n_val, n_test, share)
+    return run_flops(
+        model,
+        config,
+        (3, side, side),
+        n_train,
+        n_val,
+        n_test,
+        share,
+        ema_tta_fraction=mean_share("ema_test_tta_fraction"),
+    )
 
 
 def format_summary(s: dict[str, Any]) -> str:
