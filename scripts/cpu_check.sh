@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The CPU figures of the speed goals in one run, every output under one folder named for the
+# machine kind (AMX, AVX-512 bf16, or neither): bench throughput for davidnet and fast (each beside
+# the same run's matmul peak), bench profile of davidnet, fast and fast-budget's 32x32 step, and
+# fast-budget's 3 seeds timed as whole processes; with AIRBENCH set, the public airbench94_muon
+# timed between them with the same allocator setting. About 45 minutes on 2 Zen 4 cores.
+#
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash scripts/cpu_check.sh [OUT_DIR]
+#   AIRBENCH=path/to/folder bash scripts/cpu_check.sh   # airbench94_muon.py patched and its cifar10/
+#                                                       # (benchmarks/reference/airbench94_muon-cpu)
+#
+# Run it alone on the machine: every figure is a time, and two processes share the cores.
+# QUICK=1 takes one step of each bench and one 1-epoch run on the sample data (a smoke test).
+set -euo pipefail
+[ -x /usr/bin/time ] || { echo "cpu_check: needs /usr/bin/time (GNU time) for the wall times" >&2; exit 2; }
+if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then kind=amx
+elif grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then kind=avx512bf16
+else kind=cpu; fi
+out=${1:-benchmarks/results/$kind-$(date +%Y%m%d-%H%M%S)}
+data=${DATA:-cifar10}
+py=${PYTHON:-python}
+steps=10 warmup=2 seeds="0 1 2" train=()
+if [ -n "${QUICK:-}" ]; then steps=1 warmup=0 seeds=0 train=(--epochs 1) data=${DATA:-sample}; fi
+mkdir -p "$out"
+step() { echo "== $1 ($(date +%T))" | tee -a "$out/log.txt"; }
+timed() {  # name, then the command: its output and /usr/bin/time -v's under $out/name.txt
+    local name=$1; shift
+    /usr/bin/time -v "$@" > "$out/$name.txt" 2>&1
+}
+started=$(date +%s)
+{ lscpu; "$py" -c "import torch; print('torch', torch.__version__)"; } > "$out/machine.txt"
+echo "kind: $kind, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores" \
+    | tee -a "$out/log.txt"
+
+for preset in davidnet fast; do
+    step "bench throughput $preset"
+    "$py" -m dawntrain bench throughput --preset "$preset" --steps "$steps" --warmup "$warmup" \
+        --results "$out" 2>&1 | tee -a "$out/throughput.txt"
+done
+for preset in davidnet fast fast-budget; do
+    step "bench profile $preset"
+    "$py" -m dawntrain bench profile --preset "$preset" --set 'train_sizes=[]' \
+        --steps "$steps" --warmup "$warmup" --results "$out" 2>&1 | tee -a "$out/profile.txt"
+done
+
+for seed in $seeds; do
+    step "fast-budget seed $seed on $data"
+    timed "fast-budget-s$seed" "$py" -m dawntrain train --preset fast-budget --seed "$seed" \
+        --data "$data" --out "$out/runs/fast-budget-s$seed" "${train[@]}"
+    if [ "$seed" = 0 ] && [ -n "${AIRBENCH:-}" ]; then
+        step "airbench94_muon in $AIRBENCH"
+        (cd "$AIRBENCH" && MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 \
+            THREADS=$(nproc) /usr/bin/time -v "$py" airbench94_muon.py) > "$out/airbench94_muon.txt" 2>&1
+    fi
+done
+grep -h "with TTA" "$out"/fast-budget-s*.txt | tee -a "$out/log.txt" || true
+grep -h "Elapsed (wall" "$out"/*.txt | tee -a "$out/log.txt" || true
+step "done in $(( $(date +%s) - started )) s; results in $out"
