@@ -18,10 +18,11 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 def ns_dtype(muon_precision: str, device_type: str) -> torch.dtype:
     """Newton–Schulz's number format for config.muon_precision. auto: bf16 on CUDA, as
-    airbench94_muon; fp32 on the CPU, where bf16 halved the iterations' time (87 → 42 ms a step
-    for `fast` on 2 Zen 4 cores) but cost fast-budget 0.29 points of plain test accuracy over 3
-    seeds (each seed lower; -0.07 with TTA): it moves the update by about 3% (relative
-    Frobenius), a fifth or less of the five iterations' own distance from U Vᵀ."""
+    airbench94_muon; fp32 on the CPU, where bf16 halved the direct iterations' time (87 → 42 ms
+    a step for `fast` on 2 Zen 4 cores) but cost fast-budget 0.29 points of plain test accuracy
+    over 3 seeds (each seed lower; -0.07 with TTA): it moves the update by about 3% (relative
+    Frobenius), a fifth or less of the five iterations' own distance from U Vᵀ. fp32 in Gram
+    space (orthogonalize) now takes about what bf16 took: 21 ms for `fast`'s six banks."""
     if muon_precision == "auto":
         muon_precision = "bf16" if device_type == "cuda" else "fp32"
     return torch.bfloat16 if muon_precision == "bf16" else torch.float32
@@ -57,9 +58,9 @@ def _iterate_in_gram_space(x: torch.Tensor, steps: int) -> torch.Tensor:
     """_iterate's result, x_k+1 = Q_k x_k with Q_k = aI + bA_k + cA_k² and A_k = x_k x_kᵀ, by
     way of the m x m matrices alone: every Q_k is a polynomial in A_0, so they commute,
     A_k+1 = Q_k A_k Q_k and the result is (Q_steps-1 ⋯ Q_0) x_0. That is two m x m x n products
-    in all instead of two an iteration: (4n + 8·steps - 6)m² FLOPs against steps·(4n + 2m)m,
+    in all instead of two an iteration: (4n + (8·steps - 6)m)m² FLOPs against steps·(4n + 2m)m²,
     2.7x fewer for a 256 x 2304 filter bank in 5 steps (the break-even is n = 1.5m). fp32 lands
-    within 3e-4 of the float64 result even for singular values spread over six decades (the
+    within 2.6e-4 of the float64 result even for singular values spread over six decades (the
     direct iteration: 1e-5; bf16: 0.03-0.6)."""
     a, b, c = NS_COEFFICIENTS
     gram = x @ x.T
