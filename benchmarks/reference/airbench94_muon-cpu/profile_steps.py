@@ -9,8 +9,9 @@ allocator setting:
 It builds the loaders, network and optimizers as airbench94_muon's main() does, then times an
 epoch's augmentation (its loader crops and flips the whole training set when an epoch starts),
 `--steps` training steps unprofiled and then profiled (each on a heap made resident first, as
-dawntrain's tool does, for the profiler's records would otherwise grow it into fresh pages), the per-epoch validation and the final TTA evaluation. The profiled
-operators are sorted into the same phases and kinds as dawntrain's (dawntrain.bench.profile).
+dawntrain's tool does, for the profiler's records would otherwise grow it into fresh pages),
+the per-epoch validation and the final TTA evaluation. The profiled operators are sorted into
+the same phases and kinds as dawntrain's (dawntrain.bench.profile).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import json
 import os
 import time
 
+import airbench94_muon as ab
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import airbench94_muon as ab
 from dawntrain.bench.profile import BATCHES, STEP, split
 
 
@@ -145,14 +146,15 @@ def main() -> None:
         f"{result['recipe']}, batch {result['batch_size']}, {result['steps_per_epoch']} steps an "
         f"epoch: {result['ms_per_step']:.1f} ms a step profiled, "
         f"{result['unprofiled_ms_per_step']:.1f} unprofiled; augmentation {augmentation_s:.2f} s "
-        f"the first epoch, {later_augmentation_s:.2f} s a later one; validation {validation_s:.2f} s, TTA evaluation {tta_s:.2f} s"
+        f"the first epoch, {later_augmentation_s:.2f} s a later one; validation "
+        f"{validation_s:.2f} s, TTA evaluation {tta_s:.2f} s"
     )
     for key in ("phase", "kind"):
         sums: dict[str, float] = {}
         for r in parts:
             sums[r[key]] = sums.get(r[key], 0.0) + r["ms_per_step"]
-        print(f"by {key}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(
-            sums.items(), key=lambda item: -item[1])))  # fmt: skip
+        largest = sorted(sums.items(), key=lambda item: -item[1])
+        print(f"by {key}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in largest))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}")

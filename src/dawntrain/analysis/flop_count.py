@@ -217,8 +217,9 @@ def run_flops(
     the share of the test images that took the TTA views (config.tta_below < 1: what the run
     measured, its summary's test_tta_fraction); the others cost the one plain pass. With an
     EMA of the weights (config.ema) every evaluation runs twice, the average's test taking
-    `ema_tta_fraction` of the views (its summary's ema_test_tta_fraction; None: tta_fraction). With data filtering (config.filter_keep) the model trains on the kept share
-    and `filter` counts the proxy's passes, at config.filter_side where that is smaller.
+    `ema_tta_fraction` of the views (its summary's ema_test_tta_fraction; None: tta_fraction).
+    With data filtering (config.filter_keep) the model trains on the kept share and `filter`
+    counts the proxy's passes, at config.filter_side where that is smaller.
     Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
