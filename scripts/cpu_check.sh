@@ -3,7 +3,8 @@
 # machine kind (AMX, AVX-512 bf16, or neither): bench throughput for davidnet and fast (each beside
 # the same run's matmul peak), bench profile of davidnet, fast and fast-budget's 32x32 step, and
 # fast-budget's 3 seeds timed as whole processes; with AIRBENCH set, the public airbench94_muon
-# timed between them with the same allocator setting. About 45 minutes on 2 Zen 4 cores.
+# timed between them with the same allocator setting. About 35 minutes on 2 Zen 4 cores, by
+# its parts' times there (not yet run whole: QUICK=1 below was).
 #
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash scripts/cpu_check.sh [OUT_DIR]
 #   AIRBENCH=path/to/folder bash scripts/cpu_check.sh   # airbench94_muon.py patched and its cifar10/
