@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from dawntrain.models import build_model
-from dawntrain.models.fast import FastNet, conv3x3
+from dawntrain.models.fast import FastNet, conv3x3, patch_covariance
 
 
 def correlated_images(n: int = 256, seed: int = 0) -> torch.Tensor:
@@ -126,3 +126,13 @@ def test_silu_replaces_gelu_in_the_groups_only():
     x = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(gelu(x), silu(x))
     silu.load_state_dict(gelu.state_dict())  # the same parameters: a checkpoint loads either way
+
+
+def test_patch_covariance_in_chunks_is_the_straightforward_one():
+    """Chunks that do not divide the images, against all patches in one float64 matrix."""
+    images = correlated_images(n=37)
+    k = 2
+    patches = images.double().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+    expected = patches.T @ patches / len(patches)
+    torch.testing.assert_close(patch_covariance(images, k, chunk=10), expected, rtol=1e-12, atol=0)

@@ -66,6 +66,22 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
+def patch_covariance(images: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
+    """The float64 second moment (C·k·k)² of every k x k patch of float NCHW `images`, entries
+    ordered (channel, row, column) as a conv's filters. A chunk of images at a time: the patches of
+    all 5,000 whitening images at once are 461 MB in float64, and putting that into fresh pages took
+    1.5 s here (each time: the model and the data filter's proxy both whiten), against 0.15 s."""
+    n, c, h, w = images.shape
+    rows, cols = h - k + 1, w - k + 1
+    total = torch.zeros(c * k * k, c * k * k, dtype=torch.float64, device=images.device)
+    for x in images.split(chunk):
+        x = x.double()
+        shifts = [x[:, :, i : i + rows, j : j + cols] for i in range(k) for j in range(k)]
+        patches = torch.stack(shifts, 2).permute(1, 2, 0, 3, 4).reshape(c * k * k, -1)
+        total += patches @ patches.T
+    return total / (n * rows * cols)
+
+
 class FastNet(nn.Module):
     def __init__(
         self,
@@ -104,15 +120,11 @@ class FastNet(nn.Module):
         """Set the whitening filters from normalized float NCHW training images."""
         if not self.use_whitening:
             return
-        k = self.whiten.kernel_size[0]
-        c = images.shape[1]
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
-        covariance = patches.T @ patches / len(patches)
+        covariance = patch_covariance(images, self.whiten.kernel_size[0])
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]
-        filters = filters.reshape(-1, c, k, k).to(self.whiten.weight)
-        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+        filters = filters.reshape(-1, images.shape[1], *self.whiten.kernel_size)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
