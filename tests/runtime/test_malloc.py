@@ -42,6 +42,9 @@ assert keep_freed_memory()
 sizes = [48 << 20, 40 << 20, 48 << 20]
 if sys.argv[1] == "reserve":
     assert reserve_heap(256 << 20) == 256 << 20
+if sys.argv[1] == "reserve-blocks":  # more than one block under the mmap threshold holds
+    sizes = [600 << 20, 600 << 20]
+    assert reserve_heap(1300 << 20) == 1300 << 20
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 blocks = [torch.empty(n // 4).fill_(1.0) for n in sizes]
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
@@ -71,6 +74,14 @@ def test_a_reserved_heap_grows_into_resident_pages():
     reserved, pages = child_page_faults("reserve", GROWING_STEP)
     fresh, _ = child_page_faults("none", GROWING_STEP)
     assert reserved < pages // 20 and fresh > pages // 2
+
+
+@glibc_only
+def test_a_reservation_past_the_mmap_threshold_takes_several_blocks():
+    """1.2 GB of new tensors (a batch of 2000 needs about that much) after reserving 1.3 GB in
+    blocks each under the 1 GiB mmap threshold: resident, not faulted in."""
+    reserved, pages = child_page_faults("reserve-blocks", GROWING_STEP)
+    assert reserved < pages // 20
 
 
 @glibc_only

@@ -1,10 +1,12 @@
 """Where airbench94_muon's time goes on a CPU, split as `dawntrain bench profile` splits a step.
 
-Run it beside the patched airbench94_muon.py and its cifar10/ folder (README.md), with the same
-allocator setting:
+Run it beside the patched airbench94_muon.py and its cifar10/ folder (README.md):
 
-    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 THREADS=2 \
-        python profile_steps.py --steps 4 --out airbench94_muon-profile.json
+    THREADS=2 python profile_steps.py --steps 4 --out airbench94_muon-profile.json
+
+It sets the allocator as the timed runs' MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ do,
+through dawntrain's keep_freed_memory (which leaves a malloc set by those variables alone, and
+with it reserve_heap), so run it without them.
 
 It builds the loaders, network and optimizers as airbench94_muon's main() does, then times an
 epoch's augmentation (its loader crops and flips the whole training set when an epoch starts),
@@ -17,7 +19,6 @@ the same phases and kinds as dawntrain's (dawntrain.bench.profile).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import time
@@ -28,22 +29,10 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from dawntrain.bench.profile import BATCHES, STEP, split
+from dawntrain.runtime.malloc import keep_freed_memory, reserve_heap
 
-
-def reserve_heap(gib: float = 1.9) -> None:
-    """Make the heap's next `gib` resident, as dawntrain's reserve_heap does (which leaves a
-    malloc set by MALLOC_* variables alone, and stops at 1 GiB; a batch of 2000 needs more):
-    blocks under the 1 GiB mmap threshold, touched and freed, stay in the heap under the 2 GiB
-    trim threshold. Through libc, so that the profiler records none of it."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
-    libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
-    size = int(gib / 2 * 2**30)
-    blocks = [libc.malloc(size) for _ in range(2)]
-    for block in blocks:
-        ctypes.memset(block, 0, size)
-    for block in blocks:
-        libc.free(block)
+# Just under glibc's 2 GiB trim threshold: a step at batch 2000 grows the heap by more than 1 GiB.
+RESERVE = 1900 << 20
 
 
 def setup(batch_size: int = 2000):
@@ -86,6 +75,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default="airbench94_muon-profile.json")
     args = parser.parse_args()
+    if not keep_freed_memory():
+        parser.exit(
+            2,
+            "run without MALLOC_* variables (and off glibc nothing can be done): this "
+            "script keeps freed memory itself, as the timed runs' variables do\n",
+        )
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     torch.manual_seed(0)
     model, optimizers, train_loader, test_loader = setup()
@@ -100,7 +95,7 @@ def main() -> None:
     def timed() -> float:
         seconds = 0.0
         for _ in range(args.steps):
-            reserve_heap()
+            reserve_heap(RESERVE)
             start = time.perf_counter()
             with record_function(BATCHES):
                 batch = next(batches)

@@ -35,9 +35,11 @@ _GLIBC_DEFAULT = 128 * 1024  # both thresholds' defaults (mallopt(3))
 # and freed memory is never trimmed back to the OS while a run holds this setting.
 _KEEP_MMAP_THRESHOLD = 1 << 30
 _KEEP_TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes a C int
-# Under the mmap threshold (so from the heap) and, added to the free top, under the trim
-# threshold (so glibc keeps the pages when it is freed).
-_MAX_RESERVE = _KEEP_MMAP_THRESHOLD - (1 << 20)
+# reserve_heap's blocks stay under the mmap threshold (so they come from the heap), and together
+# under the trim threshold: carved from the heap's free top and what it grows past it, they leave
+# a free top of about their total when freed, which glibc keeps.
+_MAX_BLOCK = _KEEP_MMAP_THRESHOLD - (1 << 20)
+_MAX_RESERVE = _KEEP_TRIM_THRESHOLD - (64 << 20)
 
 
 def _user_chose_malloc() -> bool:
@@ -105,20 +107,29 @@ def _available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def reserve_heap(nbytes: int = _MAX_RESERVE) -> int:
-    """Make the next `nbytes` the heap may grow by resident: malloc them, touch every page, free
-    them (glibc merges them into the heap's free top and, with freed memory kept, keeps the
-    pages). Capped at a quarter of the available memory and at what glibc keeps; returns the bytes
-    reserved (0 off glibc or under a malloc the user chose). Call it with freed memory kept."""
+def reserve_heap(nbytes: int = _MAX_BLOCK) -> int:
+    """Make the next `nbytes` the heap may grow by resident: malloc them in blocks under the mmap
+    threshold, touch every page, free them (glibc merges them into the heap's free top and, with
+    freed memory kept, keeps the pages). Capped at a quarter of the available memory and at what
+    glibc keeps (just under 2 GiB: a batch of 2000 on airbench94_muon's network needs more than
+    one block). Returns the bytes reserved (0 off glibc or under a malloc the user chose). Call
+    it with freed memory kept."""
     libc = _glibc()
     if libc is None:
         return 0
     nbytes = min(nbytes, _MAX_RESERVE, _available_memory() // 4)
     libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
     libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
-    block = libc.malloc(nbytes) if nbytes > 0 else None
-    if not block:
-        return 0
-    ctypes.memset(block, 0, nbytes)
-    libc.free(block)
-    return nbytes
+    # All blocks are held before any is freed, so that each extends the heap past the last.
+    blocks, reserved = [], 0
+    while reserved < nbytes:
+        size = min(_MAX_BLOCK, nbytes - reserved)
+        block = libc.malloc(size)
+        if not block:
+            break
+        ctypes.memset(block, 0, size)
+        blocks.append(block)
+        reserved += size
+    for block in blocks:
+        libc.free(block)
+    return reserved
