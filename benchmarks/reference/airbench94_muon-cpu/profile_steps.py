@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from dawntrain.bench.profile import BATCHES, STEP, split
+from dawntrain.bench.profile import BATCHES, STEP, split, totals
 from dawntrain.runtime.malloc import keep_freed_memory, reserve_heap
 
 # Just under glibc's 2 GiB trim threshold: a step at batch 2000 grows the heap by more than 1 GiB.
@@ -145,10 +145,7 @@ def main() -> None:
         f"{validation_s:.2f} s, TTA evaluation {tta_s:.2f} s"
     )
     for key in ("phase", "kind"):
-        sums: dict[str, float] = {}
-        for r in parts:
-            sums[r[key]] = sums.get(r[key], 0.0) + r["ms_per_step"]
-        largest = sorted(sums.items(), key=lambda item: -item[1])
+        largest = totals(result, key).items()
         print(f"by {key}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in largest))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
