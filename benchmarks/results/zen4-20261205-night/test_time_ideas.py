@@ -28,7 +28,6 @@ from dawntrain.engine.data_filter import proxy_model
 from dawntrain.engine.evaluate import tta_logits
 from dawntrain.infer.model import TrainedModel, load_model
 from dawntrain.runtime.device import autocast
-from dawntrain.train import checkpoint
 
 CPU = torch.device("cpu")
 
@@ -75,7 +74,7 @@ def main(source: str, runs: list[str]) -> None:
         plain, views = (logits(tm, tm.model, data.test_images, level) for level in (0, 2))
         result = {"run": run, "plain": acc(plain), "tta": acc(views)}
         proxy = proxy_model(tm.config, len(tm.class_names)).to(memory_format=torch.channels_last)
-        proxy.load_state_dict(checkpoint.load(checkpoint.in_run(run))["filter"]["model"])
+        proxy.load_state_dict(tm.state["filter"]["model"])
         proxy_views = logits(tm, proxy.eval(), data.test_images, 2)
         result["proxy tta"] = acc(proxy_views)
         for w in (0.1, 0.2, 0.3):
