@@ -173,18 +173,20 @@ def figure_mistakes(predictions: dict[str, np.ndarray], n: int = 16, title: str 
     pred, true = predictions["predictions"][index], predictions["labels"][index]
     conf = predictions["confidence"][index]
     titles = [f"pred {names[p]} {c:.2f}\ntrue {names[t]}" for p, t, c in zip(pred, true, conf)]
-    if not len(index):
-        fig = Figure(figsize=(6, 1.5), layout="constrained")
-        ax = fig.subplots()
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no test image was misclassified", ha="center", va="center")
-    else:
-        fig = figure_grid(predictions["mistake_images"][:n], titles, [WRONG] * len(index))
-    fig.suptitle(
+    heading = (
         (title + ": " if title else "")
         + f"the {len(index)} most confident of {wrong} mistakes (predicted class, its probability"
         + "; true class)"
     )
+    if len(index):
+        return figure_grid(
+            predictions["mistake_images"][:n], titles, [WRONG] * len(index), suptitle=heading
+        )
+    fig = Figure(figsize=(6, 1.5), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no test image was misclassified", ha="center", va="center")
+    fig.suptitle(heading)
     return fig
 
 
