@@ -83,6 +83,9 @@ class Config:
     # train_loss and train_acc count the kept images only, img/s every image the epoch reads.
     # 0: off (every image trains); airbench96_faster: 0.5, proxy blocks 32/64/64, every 4.
     filter_keep: float = 0.0
+    # The kept share at the end of training: it moves linearly from filter_keep at the first step
+    # to this at the last; 0: filter_keep throughout (airbench96_faster's constant share).
+    filter_keep_end: float = 0.0
     filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
     filter_train_every: int = 4
     # The side the proxy scores and trains at: larger batches are resized down to it (bilinear,
@@ -360,6 +363,10 @@ def validate(config: Config) -> Config:
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
         (config.cutout >= 0, "cutout must be >= 0 (the box's side in pixels; 0: none)"),
         (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
+        (
+            0 <= config.filter_keep_end <= 1 and (config.filter_keep or not config.filter_keep_end),
+            "filter_keep_end must be in [0, 1] (0: filter_keep throughout) and needs filter_keep",
+        ),
         (
             len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,
             "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",

@@ -232,3 +232,19 @@ def test_run_flops_with_data_filtering_counts_the_kept_share_and_the_proxys_pass
     smaller = run_flops(model, at_24, (3, 32, 32), n_train=10, n_val=5)
     proxy_forward = sum(flops(proxy, (3, s, s)) for s in (16, 24, 24))
     assert smaller["filter"] == proxy_forward * 10 * 2 and smaller["train"] == got["train"]
+
+
+def test_run_flops_under_a_kept_share_schedule_weights_each_epoch_by_its_mean_share():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.config import resolve
+    from dawntrain.models.fast import FastNet
+
+    model = FastNet(widths=(8, 16, 16), num_classes=5)
+    sets = ["epochs=4", "train_sizes=[16, 24]", "sanity_check=false", "filter_keep=0.8"]
+    got = run_flops(model, resolve("fast", sets=[*sets, "filter_keep_end=0.4"]), (3, 32, 32), 10, 5)
+    per_epoch = [flops(model, (3, s, s)) for s in (16, 24, 32, 32)]
+    # Linear from 0.8 to 0.4 over the run: epoch e's mean share is the one at its middle.
+    shares = [0.8 - 0.4 * (e + 0.5) / 4 for e in range(4)]
+    assert got["train"] == round(3 * 10 * sum(f * k for f, k in zip(per_epoch, shares)))
+    constant = run_flops(model, resolve("fast", sets=sets), (3, 32, 32), 10, 5)
+    assert constant["filter"] == got["filter"]

@@ -89,12 +89,30 @@ def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
     assert "filter" in run.state_dict()
 
 
+def test_the_kept_share_moves_linearly_to_filter_keep_end_over_the_run():
+    torch.manual_seed(0)
+    run = build(filtered_config("filter_keep=0.75", "filter_keep_end=0.25"), tiny_dataset())
+    seen = []
+    run.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+    stats = StepStats.zeros(run.device)
+    for epoch in range(2):
+        for step, (x, y) in enumerate(run.batches(epoch)):
+            run.step(stats, x, y, epoch, step)
+    total = 2 * run.steps
+    assert seen == [round(16 * (0.75 - 0.5 * i / total)) for i in range(total)]
+    assert seen[0] == 12 and seen[-1] < seen[0]
+    # Without filter_keep_end the share stays filter_keep at every step.
+    assert build(filtered_config(), tiny_dataset()).filter.keep_count(16, 0.9) == 4
+
+
 def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     env = {"device": "cpu"}
     filtered = describe_run(build(filtered_config(), tiny_dataset()), env)
     assert "hardest 25% of each batch by a 32/64/64 proxy;" in filtered
     smaller = describe_run(build(filtered_config("filter_side=12"), tiny_dataset()), env)
     assert "by a 32/64/64 proxy at 12x12 at most;" in smaller
+    moving = describe_run(build(filtered_config("filter_keep_end=0.5"), tiny_dataset()), env)
+    assert "hardest 25% to 50% of each batch" in moving
     assert "filtering" not in describe_run(
         build(filtered_config("filter_keep=0"), tiny_dataset()), env
     )
@@ -108,8 +126,16 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
         "filter_widths=[32, 64]",
         "filter_train_every=0",
         "filter_side=4",
+        "filter_keep_end=1.5",
     ],
 )
 def test_impossible_filter_settings_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
-        resolve("fast", sets=[bad])
+        resolve(
+            "fast", sets=[bad, "filter_keep=0.5"] if bad.startswith("filter_keep_end") else [bad]
+        )
+
+
+def test_a_kept_share_schedule_without_data_filtering_is_refused():
+    with pytest.raises(ConfigError, match="filter_keep_end .* needs filter_keep"):
+        resolve("fast", sets=["filter_keep_end=0.5"])

@@ -22,7 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from dawntrain.data.batches import train_side
-from dawntrain.engine.data_filter import proxy_model
+from dawntrain.engine.data_filter import kept_share, proxy_model
 from dawntrain.errors import ConfigError
 
 MATMUL = "matmul"
@@ -226,21 +226,27 @@ def run_flops(
     c, full = input_shape[0], input_shape[-1]
     sides = [train_side(config.train_sizes, e, full) for e in range(epochs)]
 
-    def epochs_forward(net: nn.Module, most: int = full) -> int:
-        """One image's forward FLOPs summed over the epochs, each at its side (at most `most`)."""
+    def epochs_forward(net: nn.Module, most: int = full, share=lambda e: 1.0) -> float:
+        """One image's forward FLOPs summed over the epochs, each at its side (at most `most`),
+        epoch e's weighted by share(e)."""
         capped = [min(s, most) for s in sides]
         per_side = {s: flops(net, (c, s, s)) for s in set(capped)}
-        return sum(per_side[s] for s in capped)
+        return sum(per_side[s] * share(e) for e, s in enumerate(capped))
 
-    train_forward = epochs_forward(model)
     filtering = 0
     if config.filter_keep:
-        # The model trains on the kept share; the proxy scores every image and, every
-        # filter_train_every steps, back-propagates through the whole batch (its loss masked).
-        train_forward *= config.filter_keep
+        # The model trains on the kept share, each epoch's at its middle (under a linear
+        # filter_keep_end schedule, the epoch's mean to within half a step); the proxy scores
+        # every image and, every filter_train_every steps, back-propagates through the whole
+        # batch (its loss masked).
+        train_forward = epochs_forward(
+            model, share=lambda e: kept_share(config, (e + 0.5) / epochs)
+        )
         proxy_side = config.filter_side or full
         proxy_forward = epochs_forward(proxy_model(config, _classes(model)), proxy_side)
         filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
+    else:
+        train_forward = epochs_forward(model)
     validations = sum(
         1
         for e in range(1, epochs + 1)

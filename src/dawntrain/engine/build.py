@@ -236,7 +236,7 @@ class Run:
             self.skipper.save()
         x = self.inputs(x, epoch, step)
         if self.filter is not None:
-            keep = self.filter.pick(x, y, lr, global_step)
+            keep = self.filter.pick(x, y, lr, global_step, global_step / (steps * c.epochs))
             x, y = x[keep].contiguous(memory_format=memory_format(c.channels_last)), y[keep]
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,

@@ -21,6 +21,13 @@ from dawntrain.runtime import distributed
 from dawntrain.runtime.device import autocast, memory_format
 
 
+def kept_share(config, progress: float) -> float:
+    """The share of a batch the model trains on at `progress` (the training done, 0 to 1):
+    config.filter_keep, moving linearly to config.filter_keep_end where that is set."""
+    end = config.filter_keep_end or config.filter_keep
+    return config.filter_keep + (end - config.filter_keep) * progress
+
+
 def proxy_model(config, num_classes: int) -> FastNet:
     """The proxy a config describes: FastNet at config.filter_widths with the model's activation
     and pooling (its whitening, dirac init and frozen BatchNorm scale always on)."""
@@ -54,15 +61,17 @@ class HardExampleFilter:
             next(model.parameters()).device.type, enabled=precision == "fp16"
         )
 
-    def keep_count(self, n: int) -> int:
-        return max(1, round(self.config.filter_keep * n))
+    def keep_count(self, n: int, progress: float = 0.0) -> int:
+        return min(n, max(1, round(kept_share(self.config, progress) * n)))
 
     def freeze_whiten_bias(self, drop_grads: bool) -> None:
         freeze_group(self.optimizer, "whiten_bias", drop_grads=drop_grads)
 
-    def pick(self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int) -> torch.Tensor:
-        """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
-        proxy's loss, the proxy seeing x at config.filter_side where x is larger; on every
+    def pick(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0
+    ) -> torch.Tensor:
+        """Sorted positions in the (normalized, augmented) batch x of its hardest share (at
+        `progress`, the training done: kept_share) by the proxy's loss, the proxy seeing x at config.filter_side where x is larger; on every
         filter_train_every-th global step the proxy also trains on them, its loss summed over
         them as the model's is."""
         c = self.config
@@ -75,7 +84,12 @@ class HardExampleFilter:
         losses = F.cross_entropy(
             logits.float(), y, reduction="none", label_smoothing=c.label_smoothing
         )
-        keep = losses.detach().topk(self.keep_count(len(y)), sorted=False).indices.sort().values
+        keep = (
+            losses.detach()
+            .topk(self.keep_count(len(y), progress), sorted=False)
+            .indices.sort()
+            .values
+        )
         if learn:
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)

@@ -474,8 +474,9 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     ranks = f", {run.world.size} ranks" if run.world.active else ""
     c = run.config
     side = f" at {c.filter_side}x{c.filter_side} at most" if c.filter_side else ""
+    share = f"{c.filter_keep:.0%}" + (f" to {c.filter_keep_end:.0%}" if c.filter_keep_end else "")
     kept = (
-        f"\ndata filtering: the model trains on the hardest {c.filter_keep:.0%} of each batch by a "
+        f"\ndata filtering: the model trains on the hardest {share} of each batch by a "
         f"{'/'.join(map(str, c.filter_widths))} proxy{side}; train_loss and train_acc count those "
         "images"
         if c.filter_keep
