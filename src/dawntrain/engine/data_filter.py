@@ -1,7 +1,8 @@
 """Data filtering (airbench96_faster): a small proxy network picks the hardest share of each batch.
 
 The proxy, a narrow FastNet, scores every training batch in a forward pass; the model then trains
-only on the `filter_keep` share with the highest proxy loss. The proxy learns alongside: every
+only on the `filter_keep` share with the highest proxy loss (a share moving linearly to
+`filter_keep_end` over the run, where that is set). The proxy learns alongside: every
 `filter_train_every` steps it trains on its own hardest share, at the model's lr. A step then
 costs the model about filter_keep of a full one and the proxy a tenth of that, so the same FLOPs
 buy more epochs (airbench96_faster: 45 epochs of half batches for 96%).
@@ -70,10 +71,10 @@ class HardExampleFilter:
     def pick(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0
     ) -> torch.Tensor:
-        """Sorted positions in the (normalized, augmented) batch x of its hardest share (at
-        `progress`, the training done: kept_share) by the proxy's loss, the proxy seeing x at config.filter_side where x is larger; on every
-        filter_train_every-th global step the proxy also trains on them, its loss summed over
-        them as the model's is."""
+        """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
+        proxy's loss (kept_share at `progress`, the share of training done), the proxy seeing x
+        at config.filter_side where x is larger; on every filter_train_every-th global step the
+        proxy also trains on them, its loss summed over them as the model's is."""
         c = self.config
         learn = global_step % c.filter_train_every == 0
         if c.filter_side and x.shape[-1] > c.filter_side:
