@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from dawntrain.analysis import plots
@@ -153,3 +154,29 @@ def test_plot_samples_grid(tmp_path):
     out = plots.plot_samples(tiny_dataset(), tiny_config(), n=6, out=tmp_path / "s.png")
     width, height = png_size(out)
     assert width > height  # one row of six
+
+
+@pytest.mark.parametrize("suptitle", ["", "the 20 most confident of 57 mistakes"])
+def test_grid_cells_fill_rows_in_order_inside_the_figure_without_overlap(suptitle):
+    images = np.stack([np.full((4, 4, 3), i, dtype=np.uint8) for i in range(20)])
+    titles = [f"class {i}\n(true: other)" for i in range(20)]
+    fig = plots.figure_grid(images, titles, columns=8, suptitle=suptitle)
+    boxes = [ax.get_position() for ax in fig.axes]
+    assert [int(ax.get_images()[0].get_array()[0, 0, 0]) for ax in fig.axes] == list(range(20))
+    assert [ax.get_title() for ax in fig.axes] == titles
+    assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 1 for b in boxes)
+    # Row by row, left to right: 8, 8, then 4 cells.
+    assert [round(b.y0, 6) for b in boxes] == sorted((round(b.y0, 6) for b in boxes), reverse=True)
+    assert len({round(b.y0, 6) for b in boxes}) == 3 and boxes[0].x0 < boxes[7].x0
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    # Drawn, no title (two lines) runs into another cell's image or into the heading.
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    titles_drawn = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    images_drawn = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert not any(t.overlaps(im) for t in titles_drawn for im in images_drawn)
+    if suptitle:
+        heading = fig.texts[0].get_window_extent(renderer)
+        assert fig.texts[0].get_text() == suptitle
+        assert not any(heading.overlaps(t) for t in titles_drawn)
+    else:
+        assert not fig.texts
