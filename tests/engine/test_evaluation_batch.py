@@ -32,9 +32,9 @@ def test_the_evaluation_batch_changes_no_figure():
 
     # The views for about half the images, so the batches split sure and unsure ones unevenly.
     below = float(torch.as_tensor(run(40, level=0)["probabilities"]).amax(1).median()) + 1e-7
-    run = functools.partial(run, below=below)
+    selective = functools.partial(run, below=below)
 
-    whole, *split = run(40), run(7), run(16)
+    whole, *split = selective(40), selective(7), selective(16)
     assert 0 < whole["tta_fraction"] < 1
     for other in split:
         assert (other["acc"], other["tta_fraction"]) == (whole["acc"], whole["tta_fraction"])
