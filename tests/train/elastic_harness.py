@@ -8,7 +8,11 @@ tests/train/test_reliability.py's HARNESS does.
     DT_HARNESS_RECORD=PREFIX  each rank appends to PREFIX-rank<R>.jsonl, per step, the indices
                               (into the training set) of the images it trained on, found by their
                               pixels (null for augmented ones), and at each epoch's end its
-                              examples over all ranks
+                              examples over all ranks (the wrapped step holds the run: a
+                              reference cycle, as a user's plug-in may make one)
+
+After the run each rank prints to stderr how many DistributedDataParallel wrappers are still
+alive, uncollected.
 """
 
 import json
@@ -67,6 +71,14 @@ real_for_config = callbacks.for_config
 callbacks.for_config = lambda config: [*real_for_config(config), Harness()]
 
 if __name__ == "__main__":
+    import gc
+
+    import torch
+
     from dawntrain.cli import main
 
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # Counted without collecting: a wrapper left to the interpreter's exit can abort the process.
+    alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    print(f"harness: {alive} DistributedDataParallel alive after the run", file=sys.stderr)
+    raise SystemExit(code)

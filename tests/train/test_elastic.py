@@ -145,6 +145,17 @@ def records(prefix: Path, world: int) -> list[dict]:
     return lines
 
 
+def test_no_ddp_wrapper_outlives_a_run_whose_plugin_tied_it_into_a_reference_cycle(data):
+    """Left to the interpreter's exit, gloo sometimes aborted a finished run (SIGABRT)."""
+    root, folder = data
+    out = root / "cycle"
+    command = [*ARGS, "--epochs", "1", "--data", str(folder), "--out", str(out)]
+    ranks = launch(command, 2, environment(root, DT_HARNESS_RECORD=str(out) + "-steps"))
+    for code, err in finish(ranks):
+        assert code == 0, err
+        assert "harness: 0 DistributedDataParallel alive after the run" in err, err[-2000:]
+
+
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
 def test_a_mid_epoch_checkpoint_resumes_at_another_world_size_seeing_each_example_once(
     data, before, after

@@ -6,6 +6,7 @@ here touches torch.distributed. NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from dataclasses import dataclass
@@ -88,6 +89,11 @@ def setup(device: str = "auto", timeout_s: float = 300.0) -> World:
 
 def cleanup(world: World) -> None:
     if world.active and dist.is_initialized():
+        # A DDP wrapper that only a reference cycle still holds (a plug-in that keeps the run in a
+        # closure on it, say) would otherwise be freed at interpreter exit, where gloo can abort a
+        # run that finished (SIGABRT, "terminate called without an active exception";
+        # pytorch/pytorch#179291): free it now, while the interpreter is whole.
+        gc.collect()
         dist.destroy_process_group()
 
 
