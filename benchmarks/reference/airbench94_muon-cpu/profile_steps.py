@@ -61,7 +61,7 @@ def setup(batch_size: int = 2000):
 
 def step(model, optimizers, inputs, labels) -> None:
     """One of its training steps (lr schedule aside: the rates stay at their start)."""
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast("cpu", torch.bfloat16, enabled=ab.BF16):
         outputs = model(inputs, whiten_bias_grad=True)
     F.cross_entropy(outputs, labels, label_smoothing=0.2, reduction="sum").backward()
     for opt in optimizers:
