@@ -10,18 +10,14 @@ import time
 
 import torch
 
+from dawntrain.bench.throughput import matmul_peak_gflops
+
 
 def main() -> None:
     torch.set_num_threads(2)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for dtype in (torch.float32, torch.bfloat16):
-        x, y = a.to(dtype), b.to(dtype)
-        x @ y
-        t, n = time.perf_counter(), 5
-        for _ in range(n):
-            x @ y
-        seconds = (time.perf_counter() - t) / n
-        print(f"matmul 2048^3 {str(dtype):15} {2 * 2048**3 / seconds / 1e9:8.1f} GFLOP/s")
+        gflops = matmul_peak_gflops(dtype, torch.device("cpu"), n=2048)
+        print(f"matmul 2048^3 {str(dtype):15} {gflops:8.1f} GFLOP/s (best of 3)")
     x = torch.randn(256, 64, 32, 32).to(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1)
     for bf16 in (False, True):
