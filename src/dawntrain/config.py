@@ -91,6 +91,10 @@ class Config:
     # The side the proxy scores and trains at: larger batches are resized down to it (bilinear,
     # antialiased) for the proxy only, the model training on them as they are; 0: as they are.
     filter_side: int = 0
+    # What ranks the batch: loss, the loss the proxy trains on (label-smoothed where the run is;
+    # airbench96_faster's), or cross_entropy, the unsmoothed loss, which does not count a
+    # confident right answer as hard for the probability it leaves the other classes.
+    filter_score: str = "loss"
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -375,6 +379,10 @@ def validate(config: Config) -> Config:
         (
             config.filter_side == 0 or config.filter_side >= 8,
             "filter_side must be 0 (the model's side) or an image side >= 8",
+        ),
+        (
+            config.filter_score in ("loss", "cross_entropy"),
+            "filter_score must be loss (the proxy's training loss) or cross_entropy (unsmoothed)",
         ),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),

@@ -24,14 +24,34 @@ def first_batch(run):
     return run.inputs(x, 0, 0), y
 
 
-def test_pick_returns_the_share_with_the_highest_proxy_loss_in_batch_order():
+@pytest.mark.parametrize("score, ranking_smoothing", [("loss", 0.2), ("cross_entropy", 0.0)])
+def test_pick_returns_the_share_with_the_highest_proxy_loss_in_batch_order(
+    score, ranking_smoothing
+):
     torch.manual_seed(0)
-    run = build(filtered_config("label_smoothing=0.2"), tiny_dataset())
+    run = build(filtered_config("label_smoothing=0.2", f"filter_score='{score}'"), tiny_dataset())
     x, y = first_batch(run)
     reference = copy.deepcopy(run.filter.model).train()
-    losses = F.cross_entropy(reference(x), y, reduction="none", label_smoothing=0.2)
+    losses = F.cross_entropy(reference(x), y, reduction="none", label_smoothing=ranking_smoothing)
     keep = run.filter.pick(x, y, lr=0.1, global_step=1)  # not a step on which the proxy learns
     assert keep.tolist() == sorted(losses.argsort(descending=True)[:4].tolist())
+
+
+@pytest.mark.parametrize("score, hardest", [("loss", 0), ("cross_entropy", 1)])
+def test_only_plain_cross_entropy_ranks_an_unsure_wrong_answer_above_a_confident_right_one(
+    score, hardest
+):
+    # Label smoothing charges a confident right answer for the near-zero probabilities it leaves
+    # the other classes: at 0.2 that outweighs an unsure wrong answer's loss.
+    run = build(
+        filtered_config("label_smoothing=0.2", "filter_keep=0.5", f"filter_score='{score}'"),
+        tiny_dataset(),
+    )
+    confident, unsure = torch.full((10,), -20.0), torch.zeros(10)
+    confident[0], unsure[0] = 20.0, -0.5
+    run.filter.forward = lambda x: torch.stack([confident, unsure])
+    keep = run.filter.pick(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), 0.1, 1)
+    assert keep.tolist() == [hardest]
 
 
 def test_the_proxy_learns_on_every_nth_step_only():
@@ -126,6 +146,7 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
         "filter_widths=[32, 64]",
         "filter_train_every=0",
         "filter_side=4",
+        "filter_score='median'",
     ],
 )
 def test_impossible_filter_settings_are_refused(bad):

@@ -72,9 +72,9 @@ class HardExampleFilter:
         self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0
     ) -> torch.Tensor:
         """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
-        proxy's loss (kept_share at `progress`, the share of training done), the proxy seeing x
-        at config.filter_side where x is larger; on every filter_train_every-th global step the
-        proxy also trains on them, its loss summed over them as the model's is."""
+        proxy's config.filter_score (kept_share at `progress`, the share of training done), the
+        proxy seeing x at config.filter_side where x is larger; on every filter_train_every-th
+        global step the proxy also trains on them, its loss summed over them as the model's is."""
         c = self.config
         learn = global_step % c.filter_train_every == 0
         if c.filter_side and x.shape[-1] > c.filter_side:
@@ -82,11 +82,13 @@ class HardExampleFilter:
         self.model.train()
         with torch.set_grad_enabled(learn), autocast(x.device, self.precision):
             logits = self.forward(x)
-        losses = F.cross_entropy(
-            logits.float(), y, reduction="none", label_smoothing=c.label_smoothing
-        )
+        logits = logits.float()
+        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=c.label_smoothing)
+        score = losses
+        if c.filter_score == "cross_entropy" and c.label_smoothing:
+            score = F.cross_entropy(logits, y, reduction="none")
         keep = (
-            losses.detach()
+            score.detach()
             .topk(self.keep_count(len(y), progress), sorted=False)
             .indices.sort()
             .values
