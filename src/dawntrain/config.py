@@ -197,6 +197,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("gelu", "silu"),
     "best_mode": ("auto", "max", "min"),
     "matmul_conv": ("auto", "on", "off"),
+    "filter_score": ("loss", "cross_entropy"),
 }
 # Values of keys that have changed type, as configs saved before (in checkpoints) hold them.
 _LEGACY_VALUES: dict[tuple[str, Any], Any] = {
@@ -379,10 +380,6 @@ def validate(config: Config) -> Config:
         (
             config.filter_side == 0 or config.filter_side >= 8,
             "filter_side must be 0 (the model's side) or an image side >= 8",
-        ),
-        (
-            config.filter_score in ("loss", "cross_entropy"),
-            "filter_score must be loss (the proxy's training loss) or cross_entropy (unsmoothed)",
         ),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),
