@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from dawntrain.analysis.flop_count import elementwise_flops, flops
-from dawntrain.analysis.plots import save
+from dawntrain.analysis.plots import figure_grid, save
 from dawntrain.analysis.summary import format_flops, format_summary
 from dawntrain.errors import ConfigError
 from dawntrain.infer.model import TrainedModel, input_size, load_model
@@ -69,26 +69,18 @@ def figure_filters(layer: FirstLayer, title: str = "") -> Figure:
     # The whitening layer is filters then their negatives: half a row each, so they align.
     half = len(images) // 2
     columns = half if layer.whitening and 0 < half <= 18 else min(len(images), 16)
-    rows = -(-len(images) // columns)
     cell = 1.1 if layer.whitening else 0.85
-    fig = Figure(figsize=(max(6.0, cell * columns), 1.0 + cell * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
-    for i, ax in enumerate(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(images):
-            ax.axis("off")
-            continue
-        ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"{norms[i]:.3g}", fontsize=7)
-    fig.suptitle(
+    heading = (
         (title + ": " if title else "")
         + layer.description
         + "\neach scaled to its own range (grey = 0); above each, the filter's norm"
-        + ("; the lower half: the upper half's negatives" if layer.whitening else ""),
-        fontsize=10,
+        + ("; the lower half: the upper half's negatives" if layer.whitening else "")
     )
-    return fig
+    titles = [f"{n:.3g}" for n in norms]
+    # title_size 7 takes 0.28 in of a cell: square cells of `cell` inches above it.
+    return figure_grid(
+        images, titles, None, columns, heading, (cell, cell + 0.28), title_size=7, min_width=6.0
+    )
 
 
 def plot_filters(run_dir: Path, out: Path | None = None, device: str = "auto") -> Path:

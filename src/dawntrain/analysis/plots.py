@@ -254,15 +254,19 @@ def figure_grid(
     colors: list[str] | None = None,
     columns: int = 8,
     suptitle: str = "",
+    cell: tuple[float, float] = (1.6, 1.75),
+    title_size: float = 8,
+    min_width: float = 0.0,
 ) -> Figure:
-    """Images in rows of `columns`, each under its title (two lines fit) in `colors`; a
-    `suptitle` gets a line above them."""
+    """Images in rows of `columns`, each under its title (two lines fit at `title_size`) in
+    `colors`, in cells of `cell` inches (width, height); a `suptitle` gets a line above them
+    for each of its lines, the figure at least `min_width` inches wide so that it fits."""
     # Cells of fixed inches, not constrained layout: its solver took half of a 32-image grid's
     # 0.55 s, and the report draws two of them after every run.
-    cell_w, cell_h, title_h, margin = 1.6, 1.75, 0.32, 0.05
+    (cell_w, cell_h), title_h, margin = cell, 0.04 * title_size, 0.05
     rows = max(1, -(-len(images) // columns))
-    header = 0.35 if suptitle else 0.0
-    width, height = cell_w * columns, cell_h * rows + header
+    header = 0.15 + 0.2 * len(suptitle.splitlines()) if suptitle else 0.0
+    width, height = max(cell_w * columns, min_width), cell_h * rows + header
     fig = Figure(figsize=(width, height))
     if suptitle:
         fig.suptitle(suptitle, y=1 - 0.08 / height, va="top")
@@ -277,7 +281,7 @@ def figure_grid(
         ax = fig.add_axes(box)
         ax.set_axis_off()
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
+        ax.set_title(titles[i], fontsize=title_size, color=colors[i] if colors else "black")
     return fig
 
 
