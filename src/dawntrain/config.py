@@ -95,6 +95,11 @@ class Config:
     # airbench96_faster's), or cross_entropy, the unsmoothed loss, which does not count a
     # confident right answer as hard for the probability it leaves the other classes.
     filter_score: str = "loss"
+    # The share of each batch, its hardest by filter_score, that neither trains (the kept share
+    # starts below it): the highest losses include images no model gets right, mislabelled or
+    # ambiguous ones (Mindermann et al., "Prioritized Training on Points that are Learnable,
+    # Worth Learning, and Not Yet Learnt", 2022). 0: the kept share starts at the hardest.
+    filter_skip: float = 0.0
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -377,6 +382,12 @@ def validate(config: Config) -> Config:
             "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
         ),
         (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
+        (
+            config.filter_skip >= 0
+            and (not config.filter_skip or config.filter_keep)
+            and config.filter_skip + max(config.filter_keep, config.filter_keep_end) <= 1,
+            "filter_skip must be >= 0, needs filter_keep, and with the kept share at most 1",
+        ),
         (
             config.filter_side == 0 or config.filter_side >= 8,
             "filter_side must be 0 (the model's side) or an image side >= 8",

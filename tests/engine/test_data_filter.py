@@ -37,6 +37,16 @@ def test_pick_returns_the_share_with_the_highest_proxy_loss_in_batch_order(
     assert keep.tolist() == sorted(losses.argsort(descending=True)[:4].tolist())
 
 
+def test_filter_skip_leaves_out_the_very_hardest_and_keeps_the_next_share():
+    torch.manual_seed(0)
+    run = build(filtered_config("filter_skip=0.125"), tiny_dataset())  # 2 of 16, then 4
+    x, y = first_batch(run)
+    reference = copy.deepcopy(run.filter.model).train()
+    ranked = F.cross_entropy(reference(x), y, reduction="none").argsort(descending=True)
+    keep = run.filter.pick(x, y, lr=0.1, global_step=1)
+    assert keep.tolist() == sorted(ranked[2:6].tolist())
+
+
 @pytest.mark.parametrize("score, hardest", [("loss", 0), ("cross_entropy", 1)])
 def test_only_plain_cross_entropy_ranks_an_unsure_wrong_answer_above_a_confident_right_one(
     score, hardest
@@ -133,6 +143,8 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     assert "by a 32/64/64 proxy at 12x12 at most;" in smaller
     moving = describe_run(build(filtered_config("filter_keep_end=0.5"), tiny_dataset()), env)
     assert "hardest 25% to 50% of each batch" in moving
+    skipping = describe_run(build(filtered_config("filter_skip=0.1"), tiny_dataset()), env)
+    assert "hardest 25% after the 10% hardest, skipped, of each batch" in skipping
     assert "filtering" not in describe_run(
         build(filtered_config("filter_keep=0"), tiny_dataset()), env
     )
@@ -147,11 +159,19 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
         "filter_train_every=0",
         "filter_side=4",
         "filter_score='median'",
+        "filter_skip=-0.1",
+        "filter_skip=0.1",  # without filter_keep
     ],
 )
 def test_impossible_filter_settings_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         resolve("fast", sets=[bad])
+
+
+def test_a_skipped_share_that_leaves_too_little_to_keep_is_refused():
+    with pytest.raises(ConfigError, match="filter_skip"):
+        resolve("fast", sets=["filter_keep=0.7", "filter_keep_end=0.8", "filter_skip=0.25"])
+    resolve("fast", sets=["filter_keep=0.7", "filter_keep_end=0.8", "filter_skip=0.2"])
 
 
 @pytest.mark.parametrize(

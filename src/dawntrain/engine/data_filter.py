@@ -72,7 +72,8 @@ class HardExampleFilter:
         self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0
     ) -> torch.Tensor:
         """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
-        proxy's config.filter_score (kept_share at `progress`, the share of training done), the
+        proxy's config.filter_score (kept_share at `progress`, the share of training done; below
+        the config.filter_skip share of the very hardest, which neither trains), the
         proxy seeing x at config.filter_side where x is larger; on every filter_train_every-th
         global step the proxy also trains on them, its loss summed over them as the model's is."""
         c = self.config
@@ -87,12 +88,10 @@ class HardExampleFilter:
         score = losses
         if c.filter_score == "cross_entropy" and c.label_smoothing:
             score = F.cross_entropy(logits, y, reduction="none")
-        keep = (
-            score.detach()
-            .topk(self.keep_count(len(y), progress), sorted=False)
-            .indices.sort()
-            .values
-        )
+        skip = round(c.filter_skip * len(y))
+        count = min(self.keep_count(len(y), progress), len(y) - skip)
+        ranked = score.detach().topk(skip + count, sorted=bool(skip)).indices
+        keep = ranked[skip:].sort().values
         if learn:
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)

@@ -475,6 +475,7 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     c = run.config
     side = f" at {c.filter_side}x{c.filter_side} at most" if c.filter_side else ""
     share = f"{c.filter_keep:.0%}" + (f" to {c.filter_keep_end:.0%}" if c.filter_keep_end else "")
+    share += f" after the {c.filter_skip:.0%} hardest, skipped," if c.filter_skip else ""
     kept = (
         f"\ndata filtering: the model trains on the hardest {share} of each batch by a "
         f"{'/'.join(map(str, c.filter_widths))} proxy{side}; train_loss and train_acc count those "
