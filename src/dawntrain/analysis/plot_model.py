@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from dawntrain.analysis.flop_count import elementwise_flops, flops
-from dawntrain.analysis.plots import figure_grid, save
+from dawntrain.analysis.plots import TITLE_INCHES_PER_POINT, figure_grid, save
 from dawntrain.analysis.summary import format_flops, format_summary
 from dawntrain.errors import ConfigError
 from dawntrain.infer.model import TrainedModel, input_size, load_model
@@ -76,10 +76,15 @@ def figure_filters(layer: FirstLayer, title: str = "") -> Figure:
         + "\neach scaled to its own range (grey = 0); above each, the filter's norm"
         + ("; the lower half: the upper half's negatives" if layer.whitening else "")
     )
-    titles = [f"{n:.3g}" for n in norms]
-    # title_size 7 takes 0.28 in of a cell: square cells of `cell` inches above it.
+    # Square images of `cell` inches, each under its norm at 7 pt.
     return figure_grid(
-        images, titles, None, columns, heading, (cell, cell + 0.28), title_size=7, min_width=6.0
+        images,
+        [f"{n:.3g}" for n in norms],
+        columns=columns,
+        suptitle=heading,
+        cell=(cell, cell + TITLE_INCHES_PER_POINT * 7),
+        title_size=7,
+        min_width=6.0,
     )
 
 

@@ -248,6 +248,10 @@ def pipeline_samples(
     return images, y.numpy(), list(run.splits.class_names)
 
 
+# A grid cell's title height in inches for each point of its font size (0.32 at 8 pt).
+TITLE_INCHES_PER_POINT = 0.04
+
+
 def figure_grid(
     images: np.ndarray,
     titles: list[str],
@@ -263,7 +267,7 @@ def figure_grid(
     for each of its lines, the figure at least `min_width` inches wide so that it fits."""
     # Cells of fixed inches, not constrained layout: its solver took half of a 32-image grid's
     # 0.55 s, and the report draws two of them after every run.
-    (cell_w, cell_h), title_h, margin = cell, 0.04 * title_size, 0.05
+    (cell_w, cell_h), title_h, margin = cell, TITLE_INCHES_PER_POINT * title_size, 0.05
     rows = max(1, -(-len(images) // columns))
     header = 0.15 + 0.2 * len(suptitle.splitlines()) if suptitle else 0.0
     width, height = max(cell_w * columns, min_width), cell_h * rows + header
