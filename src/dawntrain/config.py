@@ -124,6 +124,8 @@ class Config:
     # where bf16 measured 2% faster and 0.29 points lower (engine/muon.py: ns_dtype).
     muon_precision: str = "auto"  # auto | fp32 | bf16
     muon_ns_steps: int = 5  # Newton–Schulz iterations a Muon step (airbench94_muon: 3)
+    # Filters set back to norm √out_channels before every n-th Muon step (hiverge's: 8).
+    muon_norm_every: int = 1
     nesterov: bool = True
     weight_decay: float = 5e-4
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
@@ -133,6 +135,9 @@ class Config:
     # The whitening layer's bias trains for this many epochs only (a fraction counts in steps:
     # hiverge trains it for 0.19 epochs); 0: throughout.
     whiten_bias_epochs: float = 0.0
+    # Its lr falls linearly to 0 over those epochs instead of following the run's schedule
+    # (hiverge's); needs whiten_bias_epochs.
+    whiten_bias_decay: bool = False
     lookahead: bool = False  # pull weights toward a slow EMA every 5 steps, adopt it at the end
     # An EMA of the weights, evaluated beside them (engine/ema.py): `ema` is the decay per update
     # (0: off), updated every `ema_every` optimizer steps; `ema_warmup`: the decay ramps up as
@@ -366,6 +371,11 @@ def validate(config: Config) -> Config:
         (0 < config.tta_below <= 1, "tta_below must be in (0, 1] (1: TTA on every image)"),
         (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
         (config.muon_ns_steps >= 1, "muon_ns_steps must be >= 1 (airbench94_muon: 3)"),
+        (config.muon_norm_every >= 1, "muon_norm_every must be >= 1 (1: every step)"),
+        (
+            not config.whiten_bias_decay or config.whiten_bias_epochs > 0,
+            "whiten_bias_decay needs whiten_bias_epochs > 0 (the epochs over which its lr falls)",
+        ),
         (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0 (0: throughout)"),
         (0 <= config.brightness < 1, "brightness must be in [0, 1) (shift in std units)"),
         (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),

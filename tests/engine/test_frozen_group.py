@@ -69,3 +69,23 @@ def test_a_fractional_whiten_bias_epochs_freezes_inside_the_epoch():
     # 4 steps an epoch: the bias trains for the first 2 (half an epoch), then never again.
     assert grads == [True, True, False, False, False, False, False, False]
     assert lrs[1] > 0 and lrs[2:] == [0.0] * 6
+
+
+def test_whiten_bias_decay_takes_its_lr_linearly_to_zero_in_model_and_proxy():
+    """hiverge's whitening bias: its lr a falling share of the other biases' (1 - t / 1 epoch)
+    until it freezes; the data filter's proxy follows the same schedule."""
+    sets = ["width=4", "batch_size=8", "epochs=2", "whiten_bias_epochs=1", "device='cpu'"]
+    sets += ["whiten_bias_decay=true", "filter_keep=0.5", "filter_widths=[4, 4, 4]"]
+    sets += ["filter_train_every=1"]  # the proxy sets its lr on the steps it trains
+    run = build(resolve("fast", sets=sets), tiny_dataset(n=32, size=16, n_test=16))
+    stats, ratios = StepStats.zeros(run.device), []
+    for epoch in range(2):
+        run.start_epoch(epoch)
+        for step, (x, y) in enumerate(run.batches(epoch)):
+            run.step(stats, x, y, epoch, step)
+            for optimizer in (run.optimizer, run.filter.optimizer):
+                lr = {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
+                ratios.append(lr["whiten_bias"] / lr["norm"])
+    # 4 steps an epoch, two optimizers a step.
+    expected = [r for r in (1.0, 0.75, 0.5, 0.25, 0, 0, 0, 0) for _ in range(2)]
+    assert ratios == pytest.approx(expected)

@@ -38,7 +38,7 @@ from dawntrain.engine.ema import ModelEMA
 from dawntrain.engine.evaluate import evaluate
 from dawntrain.engine.lookahead import Lookahead
 from dawntrain.engine.nonfinite import SkipNonFinite
-from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr, step_lr
+from dawntrain.engine.optim import fade_group, freeze_group, make_optimizer, set_lr, step_lr
 from dawntrain.engine.schedules import Staircase, one_cycle
 from dawntrain.engine.step import StepStats, loss_fn, train_step
 from dawntrain.errors import DawntrainError
@@ -192,12 +192,19 @@ class Run:
 
     def freeze_when_due(self, epochs_done: float) -> None:
         """Freeze the whitening bias once `epochs_done` (fractional: steps / steps an epoch)
-        reaches config.whiten_bias_epochs. The step asks before each update, so a resumed run
-        (whose restored parameters still require gradients) freezes before its first one."""
-        if 0 < self.config.whiten_bias_epochs <= epochs_done:
+        reaches config.whiten_bias_epochs; before that, with config.whiten_bias_decay, scale its
+        lr down linearly to 0 there. The step asks before each update, so a resumed run (whose
+        restored parameters still require gradients) freezes before its first one."""
+        c = self.config
+        if 0 < c.whiten_bias_epochs <= epochs_done:
             freeze_group(self.optimizer, "whiten_bias", drop_grads=not self.world.active)
             if self.filter is not None:
                 self.filter.freeze_whiten_bias(drop_grads=not self.world.active)
+        elif c.whiten_bias_decay:
+            factor = 1 - epochs_done / c.whiten_bias_epochs
+            fade_group(self.optimizer, "whiten_bias", factor)
+            if self.filter is not None:
+                self.filter.fade_whiten_bias(factor)
 
     def train_side(self, epoch: int) -> int:
         """The side of the images the model trains on in 0-based `epoch` (config.train_sizes;

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dawntrain.data.batches import resized
-from dawntrain.engine.optim import freeze_group, make_optimizer, set_lr
+from dawntrain.engine.optim import fade_group, freeze_group, make_optimizer, set_lr
 from dawntrain.models import FastNet
 from dawntrain.runtime import distributed
 from dawntrain.runtime.device import autocast, memory_format
@@ -67,6 +67,9 @@ class HardExampleFilter:
 
     def freeze_whiten_bias(self, drop_grads: bool) -> None:
         freeze_group(self.optimizer, "whiten_bias", drop_grads=drop_grads)
+
+    def fade_whiten_bias(self, factor: float) -> None:
+        fade_group(self.optimizer, "whiten_bias", factor)
 
     def pick(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0

@@ -78,7 +78,9 @@ def _iterate_in_gram_space(x: torch.Tensor, steps: int) -> torch.Tensor:
 
 class MuonSGD(torch.optim.Optimizer):
     """Groups with `muon=True` take Muon steps, `ns_steps` Newton–Schulz iterations in
-    `ns_dtype`; the others Nesterov SGD with weight decay."""
+    `ns_dtype`, each filter bank set back to norm √out_channels before every `norm_every`-th
+    step (airbench94_muon: every step; hiverge's cifar10-speedrun: every 8th, the norm
+    drifting with the updates in between); the others Nesterov SGD with weight decay."""
 
     def __init__(
         self,
@@ -87,11 +89,12 @@ class MuonSGD(torch.optim.Optimizer):
         nesterov: bool = True,
         ns_dtype: torch.dtype = torch.float32,
         ns_steps: int = 5,
+        norm_every: int = 1,
     ):
         super().__init__(
             groups, dict(lr=0.0, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False)
         )
-        self.ns_dtype, self.ns_steps = ns_dtype, ns_steps
+        self.ns_dtype, self.ns_steps, self.norm_every = ns_dtype, ns_steps, norm_every
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -110,7 +113,11 @@ class MuonSGD(torch.optim.Optimizer):
                 buf.mul_(mu).add_(g)
                 update = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 if group["muon"]:
-                    p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
+                    # The step count lives in the state so that a resumed run renormalizes on
+                    # the same steps as an unbroken one.
+                    state["step"] = state.get("step", 0) + 1
+                    if state["step"] % self.norm_every == 0:
+                        p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
                     update = orthogonalize(
                         update.reshape(len(update), -1), self.ns_steps, self.ns_dtype
                     )

@@ -88,6 +88,14 @@ def freeze_group(optimizer: torch.optim.Optimizer, name: str, drop_grads: bool =
                     p.requires_grad_(False)
 
 
+def fade_group(optimizer: torch.optim.Optimizer, name: str, factor: float) -> None:
+    """Set a group's lr to `factor` of the lr it was built with, from the next set_lr on."""
+    for group in optimizer.param_groups:
+        if group.get("name") == name:
+            group.setdefault("built_lr_scale", group["lr_scale"])
+            group["lr_scale"] = group["built_lr_scale"] * factor
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -129,5 +137,10 @@ def make_optimizer(
         if rest:
             out.append({**group, "params": rest, "weight_decay": wd * group["wd_scale"]})
     return MuonSGD(
-        out, config.momentum, config.nesterov, ns_dtype=ns_dtype, ns_steps=config.muon_ns_steps
+        out,
+        config.momentum,
+        config.nesterov,
+        ns_dtype=ns_dtype,
+        ns_steps=config.muon_ns_steps,
+        norm_every=config.muon_norm_every,
     )
