@@ -73,6 +73,9 @@ class Config:
     # Cutout (DeVries & Taylor 2017; airbench96: 12 with crop_padding 4): a cutout x cutout box
     # at a random place in each training image set to the data set's mean; 0 turns it off.
     cutout: int = 0
+    # The last n epochs train on the images as the test sees them: no crop, colour jitter or
+    # Cutout (flips stay, as the test-time views include them).
+    clean_last_epochs: int = 0
     alternate_flip: bool = (
         False  # after epoch 1, flip exactly the images the previous epoch did not
     )
@@ -382,6 +385,10 @@ def validate(config: Config) -> Config:
         (config.weight_decay >= 0, "weight_decay must be >= 0"),
         (config.crop_padding >= 0, "crop_padding must be >= 0"),
         (config.cutout >= 0, "cutout must be >= 0 (the box's side in pixels; 0: none)"),
+        (
+            0 <= config.clean_last_epochs <= config.epochs,
+            "clean_last_epochs must be between 0 and epochs",
+        ),
         (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
         (
             0 <= config.filter_keep_end <= 1 and (config.filter_keep or not config.filter_keep_end),

@@ -178,14 +178,19 @@ class Run:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (uint8 augmented images, labels) of each step of `epoch` from start_step."""
         c = self.config
+        pad = 0 if self.clean(epoch) else c.crop_padding
         plan = epoch_plan(
-            len(self.train_y), c.seed, epoch, c.crop_padding, c.flip, self.device, c.alternate_flip
+            len(self.train_y), c.seed, epoch, pad, c.flip, self.device, c.alternate_flip
         )
-        augment = c.crop_padding > 0 or c.flip
+        augment = pad > 0 or c.flip
         return train_batches(
-            self.train_x, self.train_y, plan, self.batch, c.crop_padding, augment, start_step,
+            self.train_x, self.train_y, plan, self.batch, pad, augment, start_step,
             self.world.rank, self.world.size,
         )  # fmt: skip
+
+    def clean(self, epoch: int) -> bool:
+        """Whether 0-based `epoch` is one of config.clean_last_epochs: no crop, jitter or Cutout."""
+        return epoch >= self.config.epochs - self.config.clean_last_epochs
 
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -219,10 +224,11 @@ class Run:
         x = self.normalizer(x, c.channels_last)
         n = len(self.train_y)
         pos = batch_positions(n, self.batch, step, self.world.rank, self.world.size)
-        if c.brightness or c.contrast:
+        clean = self.clean(epoch)
+        if (c.brightness or c.contrast) and not clean:
             shift, scale = jitter_plan(n, c.seed, epoch, c.brightness, c.contrast)
             x = color_jitter(x, shift[pos].to(x.device), scale[pos].to(x.device))
-        if c.cutout:
+        if c.cutout and not clean:
             top, left = cutout_plan(n, c.seed, epoch, c.cutout, x.shape[-1])
             x = cutout(x, top[pos], left[pos], c.cutout)
         if c.train_sizes:
