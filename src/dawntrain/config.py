@@ -103,6 +103,11 @@ class Config:
     # ambiguous ones (Mindermann et al., "Prioritized Training on Points that are Learnable,
     # Worth Learning, and Not Yet Learnt", 2022). 0: the kept share starts at the hardest.
     filter_skip: float = 0.0
+    # The share of each batch, out of the kept share, drawn at random from the images the
+    # hardest part of it leaves (the hardest filter_keep - filter_random, then these): a ranking
+    # by loss alone sees only the hard tail; a uniform share keeps the rest of the data in view
+    # (the mixture behind importance sampling's bias correction). 0: the kept share all hardest.
+    filter_random: float = 0.0
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -404,6 +409,13 @@ def validate(config: Config) -> Config:
             and (not config.filter_skip or config.filter_keep)
             and config.filter_skip + max(config.filter_keep, config.filter_keep_end) <= 1,
             "filter_skip must be >= 0, needs filter_keep, and with the kept share at most 1",
+        ),
+        (
+            not config.filter_random
+            or 0
+            < config.filter_random
+            < min(config.filter_keep, config.filter_keep_end or config.filter_keep),
+            "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
         ),
         (
             config.filter_side == 0 or config.filter_side >= 8,

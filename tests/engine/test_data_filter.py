@@ -47,6 +47,24 @@ def test_filter_skip_leaves_out_the_very_hardest_and_keeps_the_next_share():
     assert keep.tolist() == sorted(ranked[2:6].tolist())
 
 
+def test_filter_random_keeps_the_hardest_part_and_draws_the_rest_from_what_it_leaves():
+    torch.manual_seed(0)
+    run = build(filtered_config("filter_keep=0.5", "filter_random=0.25"), tiny_dataset())
+    x, y = first_batch(run)
+    reference = copy.deepcopy(run.filter.model).train()
+    ranked = F.cross_entropy(reference(x), y, reduction="none").argsort(descending=True)
+    hardest = set(ranked[:4].tolist())  # 8 of 16 kept: the hardest 4, then 4 at random
+    drawn = []
+    for seed in range(6):  # the step seeds the generator: the same draw for the same seed
+        torch.manual_seed(seed)
+        keep = run.filter.pick(x, y, lr=0.1, global_step=1).tolist()
+        torch.manual_seed(seed)
+        assert run.filter.pick(x, y, lr=0.1, global_step=1).tolist() == keep
+        assert keep == sorted(set(keep)) and len(keep) == 8 and hardest <= set(keep)
+        drawn.append(tuple(sorted(set(keep) - hardest)))
+    assert len(set(drawn)) > 1  # ... and others for other seeds
+
+
 @pytest.mark.parametrize("score, hardest", [("loss", 0), ("cross_entropy", 1)])
 def test_only_plain_cross_entropy_ranks_an_unsure_wrong_answer_above_a_confident_right_one(
     score, hardest
@@ -145,6 +163,8 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     assert "hardest 25% to 50% of each batch" in moving
     skipping = describe_run(build(filtered_config("filter_skip=0.1"), tiny_dataset()), env)
     assert "hardest 25% after the 10% hardest, skipped, of each batch" in skipping
+    mixed = describe_run(build(filtered_config("filter_random=0.1"), tiny_dataset()), env)
+    assert "hardest 15% and a random 10% of the rest of each batch" in mixed
     assert "filtering" not in describe_run(
         build(filtered_config("filter_keep=0"), tiny_dataset()), env
     )
@@ -161,11 +181,21 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
         "filter_score='median'",
         "filter_skip=-0.1",
         "filter_skip=0.1",  # without filter_keep
+        "filter_random=-0.1",
+        "filter_random=0.1",  # without filter_keep
     ],
 )
 def test_impossible_filter_settings_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         resolve("fast", sets=[bad])
+
+
+def test_a_random_share_as_large_as_the_kept_share_is_refused():
+    for end, random in (("0", "0.5"), ("0.4", "0.4")):
+        with pytest.raises(ConfigError, match="filter_random"):
+            sets = ["filter_keep=0.5", f"filter_keep_end={end}", f"filter_random={random}"]
+            resolve("fast", sets=sets)
+    resolve("fast", sets=["filter_keep=0.5", "filter_keep_end=0.45", "filter_random=0.4"])
 
 
 def test_a_skipped_share_that_leaves_too_little_to_keep_is_refused():

@@ -76,8 +76,8 @@ class HardExampleFilter:
     ) -> torch.Tensor:
         """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
         proxy's config.filter_score (kept_share at `progress`, the share of training done; below
-        the config.filter_skip share of the very hardest, which neither trains), the
-        proxy seeing x at config.filter_side where x is larger; on every filter_train_every-th
+        the config.filter_skip share of the very hardest, which neither trains; its last
+        config.filter_random share drawn at random from the images the rest leaves), the proxy seeing x at config.filter_side where x is larger; on every filter_train_every-th
         global step the proxy also trains on them, its loss summed over them as the model's is."""
         c = self.config
         learn = global_step % c.filter_train_every == 0
@@ -93,8 +93,15 @@ class HardExampleFilter:
             score = F.cross_entropy(logits, y, reduction="none")
         skip = round(c.filter_skip * len(y))
         count = min(self.keep_count(len(y), progress), len(y) - skip)
-        ranked = score.detach().topk(skip + count, sorted=bool(skip)).indices
-        keep = ranked[skip:].sort().values
+        drawn = min(round(c.filter_random * len(y)), count)
+        ranked = score.detach().topk(skip + count - drawn, sorted=bool(skip)).indices
+        keep = ranked[skip:]
+        if drawn:  # at random from the images the ranking left (the step seeded the generator)
+            left = torch.ones(len(y), dtype=torch.bool, device=y.device)
+            left[ranked] = False
+            rest = left.nonzero().squeeze(1)
+            keep = torch.cat([keep, rest[torch.randperm(len(rest), device=y.device)[:drawn]]])
+        keep = keep.sort().values
         if learn:
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
