@@ -360,6 +360,38 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+def _filter_checks(config: Config) -> list[tuple[bool, str]]:
+    """validate's checks of the data filter's settings (filter_*)."""
+    return [
+        (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
+        (
+            0 <= config.filter_keep_end <= 1 and (config.filter_keep or not config.filter_keep_end),
+            "filter_keep_end must be in [0, 1] (0: filter_keep throughout) and needs filter_keep",
+        ),
+        (
+            len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,
+            "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
+        ),
+        (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
+        (
+            config.filter_skip >= 0
+            and (not config.filter_skip or config.filter_keep)
+            and config.filter_skip + max(config.filter_keep, config.filter_keep_end) <= 1,
+            "filter_skip must be >= 0, needs filter_keep, and with the kept share at most 1",
+        ),
+        (
+            config.filter_random == 0
+            or config.filter_random > 0
+            and config.filter_random < min(config.filter_keep, config.filter_keep_end or 1),
+            "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
+        ),
+        (
+            config.filter_side == 0 or config.filter_side >= 8,
+            "filter_side must be 0 (the model's side) or an image side >= 8",
+        ),
+    ]
+
+
 def validate(config: Config) -> Config:
     for key, choices in CHOICES.items():
         if getattr(config, key) not in choices:
@@ -394,33 +426,7 @@ def validate(config: Config) -> Config:
             0 <= config.clean_last_epochs <= config.epochs,
             "clean_last_epochs must be between 0 and epochs",
         ),
-        (0 <= config.filter_keep < 1, "filter_keep must be in [0, 1) (0: no data filtering)"),
-        (
-            0 <= config.filter_keep_end <= 1 and (config.filter_keep or not config.filter_keep_end),
-            "filter_keep_end must be in [0, 1] (0: filter_keep throughout) and needs filter_keep",
-        ),
-        (
-            len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,
-            "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
-        ),
-        (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
-        (
-            config.filter_skip >= 0
-            and (not config.filter_skip or config.filter_keep)
-            and config.filter_skip + max(config.filter_keep, config.filter_keep_end) <= 1,
-            "filter_skip must be >= 0, needs filter_keep, and with the kept share at most 1",
-        ),
-        (
-            not config.filter_random
-            or 0
-            < config.filter_random
-            < min(config.filter_keep, config.filter_keep_end or config.filter_keep),
-            "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
-        ),
-        (
-            config.filter_side == 0 or config.filter_side >= 8,
-            "filter_side must be 0 (the model's side) or an image side >= 8",
-        ),
+        *_filter_checks(config),
         (all(s >= 8 for s in config.train_sizes), "train_sizes must be image sides >= 8"),
         (config.val_from_train >= 0, "val_from_train must be >= 0"),
         (config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),

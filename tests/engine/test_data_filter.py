@@ -165,6 +165,11 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     assert "hardest 25% after the 10% hardest, skipped, of each batch" in skipping
     mixed = describe_run(build(filtered_config("filter_random=0.1"), tiny_dataset()), env)
     assert "hardest 15% and a random 10% of the rest of each batch" in mixed
+    both = filtered_config("filter_keep_end=0.5", "filter_skip=0.1", "filter_random=0.1")
+    assert (
+        "hardest 15% to 40% after the 10% hardest, skipped, and a random 10% of the rest of each"
+        in describe_run(build(both, tiny_dataset()), env)
+    )
     assert "filtering" not in describe_run(
         build(filtered_config("filter_keep=0"), tiny_dataset()), env
     )

@@ -93,6 +93,10 @@ ABLATIONS: dict[str, Changes] = {
         "activation": "silu",
         "muon_ns_steps": 3,
     },
+    # Measured against `fast-budget` at seed 0 and left off there (docs/recipes.md's table).
+    "Muon norm every 8 steps": {"muon_norm_every": 8},  # hiverge's
+    "whitening bias lr decay": {"whiten_bias_decay": True},  # hiverge's
+    "clean last epoch": {"clean_last_epochs": 1},
     # airbench96_faster's data filtering (the model trains on the hardest share of each batch by
     # a 32/64/64 proxy), switched on at 70% or off, the epochs changed to keep the run's FLOPs.
     "data filtering toggled": _filtering_toggled,

@@ -77,8 +77,9 @@ class HardExampleFilter:
         """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
         proxy's config.filter_score (kept_share at `progress`, the share of training done; below
         the config.filter_skip share of the very hardest, which neither trains; its last
-        config.filter_random share drawn at random from the images the rest leaves), the proxy seeing x at config.filter_side where x is larger; on every filter_train_every-th
-        global step the proxy also trains on them, its loss summed over them as the model's is."""
+        config.filter_random share drawn at random from the images the rest leaves), the proxy
+        seeing x at config.filter_side where x is larger; on every filter_train_every-th global
+        step the proxy also trains on them, its loss summed over them as the model's is."""
         c = self.config
         learn = global_step % c.filter_train_every == 0
         if c.filter_side and x.shape[-1] > c.filter_side:

@@ -474,13 +474,10 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     ranks = f", {run.world.size} ranks" if run.world.active else ""
     c = run.config
     side = f" at {c.filter_side}x{c.filter_side} at most" if c.filter_side else ""
-    share = f"{c.filter_keep:.0%}" + (f" to {c.filter_keep_end:.0%}" if c.filter_keep_end else "")
+    hardest = [c.filter_keep, *([c.filter_keep_end] if c.filter_keep_end else [])]
+    share = " to ".join(f"{s - c.filter_random:.0%}" for s in hardest)
     share += f" after the {c.filter_skip:.0%} hardest, skipped," if c.filter_skip else ""
-    if c.filter_random:
-        share = f"{c.filter_keep - c.filter_random:.0%}" + (
-            f" to {c.filter_keep_end - c.filter_random:.0%}" if c.filter_keep_end else ""
-        )
-        share += f" and a random {c.filter_random:.0%} of the rest"
+    share += f" and a random {c.filter_random:.0%} of the rest" if c.filter_random else ""
     kept = (
         f"\ndata filtering: the model trains on the hardest {share} of each batch by a "
         f"{'/'.join(map(str, c.filter_widths))} proxy{side}; train_loss and train_acc count those "
