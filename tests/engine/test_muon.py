@@ -1,9 +1,11 @@
 import copy
 
+import pytest
 import torch
 
 from dawntrain.config import resolve
 from dawntrain.engine.muon import MuonSGD, _iterate, orthogonalize
+from dawntrain.engine.nonfinite import SkipNonFinite
 from dawntrain.engine.optim import make_optimizer, set_lr
 from dawntrain.models import build_model
 
@@ -111,13 +113,38 @@ def test_muon_renormalizes_on_every_nth_step_and_resumes_on_the_same_steps():
     # Without the renormalization on steps 3 and 6 the norm drifts: the option matters.
     assert (w.detach() - reference_muon(w0, grads, 0.1, 0.6, 1)).abs().max() > 1e-2
 
-    resumed = torch.nn.Parameter(saved["w"])
-    opt = muon(resumed)
-    opt.load_state_dict(saved["opt"])
-    for g in grads[4:]:
-        resumed.grad = g.clone()
+    # The count is a tensor now; checkpoints of 2026-12-06 hold it as an int.
+    as_int = copy.deepcopy(saved["opt"])
+    as_int["state"][0]["step"] = int(as_int["state"][0]["step"])
+    for state in (saved["opt"], as_int):
+        resumed = torch.nn.Parameter(saved["w"].clone())
+        opt = muon(resumed)
+        opt.load_state_dict(state)
+        for g in grads[4:]:
+            resumed.grad = g.clone()
+            opt.step()
+        torch.testing.assert_close(resumed.detach(), w.detach())
+
+
+@pytest.mark.parametrize("bad", [0, 2], ids=["first-step", "third-step"])
+def test_a_step_skipnonfinite_undoes_does_not_count_toward_the_renormalization(bad):
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False).double()
+    w0 = conv.weight.detach().clone()
+    grads = [torch.randn_like(w0) for _ in range(7)]
+    opt = MuonSGD(
+        [{"params": [conv.weight], "muon": True, "momentum": 0.6, "lr": 0.1}],
+        ns_dtype=torch.float64,
+        norm_every=3,
+    )
+    skipper = SkipNonFinite(conv, opt)
+    for k, g in enumerate(grads):
+        skipper.save()
+        conv.weight.grad = g.clone()
         opt.step()
-    torch.testing.assert_close(resumed.detach(), w.detach())
+        skipper.undo_if(torch.tensor(k == bad))
+    kept = grads[:bad] + grads[bad + 1 :]
+    torch.testing.assert_close(conv.weight.detach(), reference_muon(w0, kept, 0.1, 0.6, 3))
 
 
 def test_make_optimizer_puts_conv_filters_in_the_muon_group():

@@ -113,13 +113,22 @@ class MuonSGD(torch.optim.Optimizer):
                 buf.mul_(mu).add_(g)
                 update = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 if group["muon"]:
-                    # The step count lives in the state so that a resumed run renormalizes on
-                    # the same steps as an unbroken one.
-                    state["step"] = state.get("step", 0) + 1
-                    if state["step"] % self.norm_every == 0:
-                        p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
+                    self._renormalize(p, state)
                     update = orthogonalize(
                         update.reshape(len(update), -1), self.ns_steps, self.ns_dtype
                     )
                     update = update.view_as(p)
                 p.add_(update, alpha=-lr)
+
+    def _renormalize(self, p: torch.Tensor, state: dict) -> None:
+        # The step count lives in the state so that a resumed run renormalizes on the same steps
+        # as an unbroken one, as a tensor so that SkipNonFinite's undo takes an undone step off
+        # it too, and the every-n-th test runs on the device (torch.where: no host sync).
+        step = state.get("step", 0)  # an int in checkpoints of 2026-12-06; none in older ones
+        if not torch.is_tensor(step) or step.device != p.device:
+            step = state["step"] = torch.as_tensor(step, device=p.device).clone()
+        step.add_(1)
+        scale = len(p) ** 0.5 / (p.norm() + 1e-12)
+        p.mul_(
+            scale if self.norm_every == 1 else torch.where(step % self.norm_every == 0, scale, 1.0)
+        )
