@@ -19,12 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from dawntrain.config import Config
+from dawntrain.train import checkpoint
 
 src, epoch, new, *sets = sys.argv[1:]
-state = torch.load(Path(src) / "checkpoints" / f"epoch_{int(epoch):02d}.pt", weights_only=True)
+state = checkpoint.load(Path(src) / "checkpoints" / f"epoch_{int(epoch):02d}.pt")
 for item in sets:
     key, value = item.split("=", 1)
     if key not in Config().to_dict():
@@ -36,7 +35,7 @@ for item in sets:
 state["config"]["out"] = new
 (Path(new) / "checkpoints").mkdir(parents=True)
 dest = Path(new) / "checkpoints" / f"epoch_{int(epoch):02d}.pt"
-torch.save(state, dest)
+checkpoint.save(dest, state)
 data = os.environ.get("DATA", "../shared/data/cifar10-jpeg.tar.gz")
 sys.exit(
     subprocess.call(["dawntrain", "train", "--resume", str(dest), "--out", new, "--data", data])
