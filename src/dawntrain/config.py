@@ -381,8 +381,7 @@ def _filter_checks(config: Config) -> list[tuple[bool, str]]:
         ),
         (
             config.filter_random == 0
-            or config.filter_random > 0
-            and config.filter_random < min(config.filter_keep, config.filter_keep_end or 1),
+            or 0 < config.filter_random < min(config.filter_keep, config.filter_keep_end or 1),
             "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
         ),
         (
