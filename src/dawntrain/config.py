@@ -108,6 +108,12 @@ class Config:
     # by loss alone sees only the hard tail; a uniform share keeps the rest of the data in view
     # (the mixture behind importance sampling's bias correction). 0: the kept share all hardest.
     filter_random: float = 0.0
+    # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the
+    # model's own loss on each image the last time it trained on it (unseen images first): no
+    # proxy passes, the ranking one epoch old (Loshchilov & Hutter, "Online Batch Selection", 2015);
+    # last_loss_ratio: that loss over the mean of its step's, so that an image's rank does not
+    # rise merely because the model's losses fell since it last trained on it.
+    filter_by: str = "proxy"
     val_from_train: int = 0  # hold out this many training images as the validation set
     image_size: int = 0  # expected image side; 0: the model's (models.input_size)
     resize: bool = False  # resize images of another size (bilinear) instead of refusing them
@@ -216,6 +222,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "best_mode": ("auto", "max", "min"),
     "matmul_conv": ("auto", "on", "off"),
     "filter_score": ("loss", "cross_entropy"),
+    "filter_by": ("proxy", "last_loss", "last_loss_ratio"),
 }
 # Values of keys that have changed type, as configs saved before (in checkpoints) hold them.
 _LEGACY_VALUES: dict[tuple[str, Any], Any] = {
@@ -371,6 +378,10 @@ def _filter_checks(config: Config) -> list[tuple[bool, str]]:
         (
             len(config.filter_widths) == 3 and min(config.filter_widths) >= 1,
             "filter_widths must be the proxy's three block widths, e.g. [32, 64, 64]",
+        ),
+        (
+            config.filter_by == "proxy" or config.filter_keep,
+            "filter_by other than 'proxy' needs filter_keep (the share of each batch to keep)",
         ),
         (config.filter_train_every >= 1, "filter_train_every must be >= 1 (steps)"),
         (

@@ -184,6 +184,7 @@ def test_the_run_says_that_its_training_metrics_count_the_kept_images():
         "filter_train_every=0",
         "filter_side=4",
         "filter_score='median'",
+        "filter_by='median'",
         "filter_skip=-0.1",
         "filter_skip=0.1",  # without filter_keep
         "filter_random=-0.1",
@@ -215,3 +216,67 @@ def test_a_skipped_share_that_leaves_too_little_to_keep_is_refused():
 def test_a_kept_share_schedule_out_of_range_or_without_data_filtering_is_refused(sets):
     with pytest.raises(ConfigError, match="filter_keep_end .* needs filter_keep"):
         resolve("fast", sets=sets)
+
+
+def test_last_loss_trains_on_unseen_images_first_then_on_the_highest_last_losses():
+    run = build(filtered_config("filter_by='last_loss'"), tiny_dataset())
+    assert not hasattr(run.filter, "model")  # no proxy
+    x, y = first_batch(run)
+    index = run.dataset_index(0, 0)
+    assert sorted(index.tolist()) == sorted(set(index.tolist())) and len(index) == 16
+    losses = torch.arange(16, dtype=torch.float32)
+    run.filter.last_loss[index] = losses
+    run.filter.last_loss[index[3]] = run.filter.last_loss[index[7]] = float("nan")  # unseen
+    keep = run.filter.pick(x, y, lr=0.1, global_step=0, index=index)
+    assert keep.tolist() == [3, 7, 14, 15]  # 4 of 16: the two unseen, then the two highest
+
+
+@pytest.mark.parametrize("ratio", [False, True])
+def test_last_loss_records_the_models_loss_before_the_step_on_the_images_it_kept(ratio):
+    """last_loss records each kept image's loss, last_loss_ratio that loss over their mean."""
+    torch.manual_seed(0)
+    by = "last_loss_ratio" if ratio else "last_loss"
+    run = build(filtered_config(f"filter_by='{by}'", "label_smoothing=0.2"), tiny_dataset())
+    assert run.filter.last_loss.isnan().all()
+    x, y = next(iter(run.batches(0)))
+    reference = copy.deepcopy(run.model).train()
+    kept = []
+    run.model.register_forward_pre_hook(lambda m, a: kept.append(a[0].clone()))
+    run.step(StepStats.zeros(run.device), x, y, 0, 0)
+    index = run.dataset_index(0, 0)
+    recorded = ~run.filter.last_loss.isnan()
+    assert recorded.sum() == 4 and recorded[index].sum() == 4  # the kept 4 of the first batch
+    picked = index[recorded[index]]
+    expected = F.cross_entropy(
+        reference(kept[0]), y[recorded[index]], reduction="none", label_smoothing=0.2
+    )
+    expected = expected.detach()
+    torch.testing.assert_close(
+        run.filter.last_loss[picked], expected / expected.mean() if ratio else expected
+    )
+    # A non-finite loss leaves the image's last one (and stays out of the mean).
+    before = run.filter.last_loss.clone()
+    logits = torch.zeros(3, 10)
+    logits[0, 0] = float("nan")
+    logits[2, 1] = 3.0
+    run.filter.observe(picked[:3], logits, y[:3])
+    assert torch.equal(run.filter.last_loss[picked[0]], before[picked[0]])
+    finite = F.cross_entropy(logits[1:], y[1:3], reduction="none", label_smoothing=0.2)
+    torch.testing.assert_close(
+        run.filter.last_loss[picked[1:3]], finite / finite.mean() if ratio else finite
+    )
+
+
+def test_last_loss_ranking_costs_no_flops_and_needs_data_filtering():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.models.fast import FastNet
+
+    model = FastNet(widths=(8, 16, 16), num_classes=5)
+    sets = ["epochs=3", "sanity_check=false", "filter_keep=0.25"]
+    proxy = run_flops(model, resolve("fast", sets=sets), (3, 32, 32), n_train=10, n_val=5)
+    own = resolve("fast", sets=[*sets, "filter_by='last_loss'"])
+    got = run_flops(model, own, (3, 32, 32), n_train=10, n_val=5)
+    assert "filter" not in got and got["train"] == proxy["train"]
+    assert got["total"] == proxy["total"] - proxy["filter"]
+    with pytest.raises(ConfigError, match="filter_by"):
+        resolve("fast", sets=["filter_by='last_loss'"])

@@ -200,3 +200,21 @@ def test_a_data_filtered_run_resumes_exactly_with_its_proxy(tmp_path):
     proxies = [final_state(tmp_path / d)["filter"]["model"] for d in ("full", "part")]
     for k, v in proxies[0].items():
         assert torch.equal(v, proxies[1][k]), k
+
+
+def test_a_run_filtered_by_its_own_last_losses_resumes_exactly_with_them(tmp_path):
+    """The table of each image's last loss travels in the checkpoint: a resumed run ranks its
+    batches as the whole run does and ends with the same weights and the same table."""
+    sets = [
+        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
+        "precision=fp32", "filter_keep=0.5", "filter_by='last_loss'", "muon_ns_steps=3",
+        "checkpoint_every_steps=1",
+    ]  # fmt: skip
+
+    def filtered(out):
+        return resolve("fast", sets=sets, overrides={"out": str(out)})
+
+    crash_and_resume(filtered, tmp_path, after_steps=3, saved_at=(0, 2))
+    tables = [final_state(tmp_path / d)["filter"]["last_loss"] for d in ("full", "part")]
+    assert tables[0].isfinite().any()
+    assert torch.equal(tables[0].nan_to_num(-1.0), tables[1].nan_to_num(-1.0))

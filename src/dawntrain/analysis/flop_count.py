@@ -219,7 +219,8 @@ def run_flops(
     EMA of the weights (config.ema) every evaluation runs twice, the average's test taking
     `ema_tta_fraction` of the views (its summary's ema_test_tta_fraction; None: tta_fraction).
     With data filtering (config.filter_keep) the model trains on the kept share and `filter`
-    counts the proxy's passes, at config.filter_side where that is smaller.
+    counts the proxy's passes, at config.filter_side where that is smaller (none where the
+    model's own last losses rank the batch, config.filter_by other than "proxy").
     Returns each part and the total."""
     forward = flops(model, input_shape)
     epochs = config.epochs
@@ -242,9 +243,10 @@ def run_flops(
         train_forward = epochs_forward(
             model, share=lambda e: kept_share(config, (e + 0.5) / epochs)
         )
-        proxy_side = config.filter_side or full
-        proxy_forward = epochs_forward(proxy_model(config, _classes(model)), proxy_side)
-        filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
+        if config.filter_by == "proxy":
+            proxy_side = config.filter_side or full
+            proxy_forward = epochs_forward(proxy_model(config, _classes(model)), proxy_side)
+            filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
     else:
         train_forward = epochs_forward(model)
     validations = sum(

@@ -56,6 +56,12 @@ class EpochPlan:
     flip: torch.Tensor  # bool
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the training set that epoch `epoch` visits it in (its plan's order)."""
+    return torch.randperm(n, generator=seeds.generator(seed, epoch, seeds.EPOCH_PLAN))
+
+
 def epoch_plan(
     n: int, seed: int, epoch: int, pad: int, flip: bool, device, alternate_flip: bool = False
 ) -> EpochPlan:
@@ -63,7 +69,7 @@ def epoch_plan(
     flipped at random in epoch 0 and then in every other epoch exactly when it was not before, so
     both views are seen equally often instead of by chance."""
     g = seeds.generator(seed, epoch, seeds.EPOCH_PLAN)
-    order = torch.randperm(n, generator=g)
+    order = torch.randperm(n, generator=g)  # epoch_order's: the plan draws on from there
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     if not flip:

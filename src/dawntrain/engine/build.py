@@ -26,6 +26,7 @@ from dawntrain.data.batches import (
     color_jitter,
     cutout,
     cutout_plan,
+    epoch_order,
     epoch_plan,
     jitter_plan,
     resized,
@@ -157,8 +158,8 @@ class Run:
     # The loss the step minimises; tests wrap it to inject non-finite losses.
     loss: Callable = field(default=loss_fn)
     ema: ModelEMA | None = None  # config.ema: an average of the weights, evaluated beside them
-    # config.filter_keep: the proxy that picks the share of each batch the model trains on.
-    filter: data_filter.HardExampleFilter | None = None
+    # config.filter_keep: what picks the share of each batch the model trains on (config.filter_by).
+    filter: data_filter.HardExampleFilter | data_filter.LastLossFilter | None = None
 
     @property
     def device(self) -> torch.device:
@@ -235,6 +236,12 @@ class Run:
             x = resized(x, self.train_side(epoch))
         return x
 
+    def dataset_index(self, epoch: int, step: int) -> torch.Tensor:
+        """The training-set position of each image of this rank's batch at (epoch, step)."""
+        n = len(self.train_y)
+        pos = batch_positions(n, self.batch, step, self.world.rank, self.world.size)
+        return epoch_order(n, self.config.seed, epoch)[pos].to(self.device)
+
     def step(
         self, stats: StepStats, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
     ) -> None:
@@ -249,12 +256,16 @@ class Run:
             self.skipper.save()
         x = self.inputs(x, epoch, step)
         if self.filter is not None:
-            keep = self.filter.pick(x, y, lr, global_step, global_step / (steps * c.epochs))
+            index = self.dataset_index(epoch, step)
+            progress = global_step / (steps * c.epochs)
+            keep = self.filter.pick(x, y, lr, global_step, progress, index)
             x, y = x[keep].contiguous(memory_format=memory_format(c.channels_last)), y[keep]
         loss, logits = train_step(
             self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
         )  # fmt: skip
+        if self.filter is not None:
+            self.filter.observe(index[keep], logits, y)
         with torch.no_grad():
             bad = ~torch.isfinite(loss)
             if self.skipper is not None:
@@ -370,8 +381,9 @@ def build(
     optimizer = make_optimizer(model, config, batch, ns)
     # Built after the model, so that its initial weights do not depend on the filter.
     hard_filter = data_filter.build(
-        config, len(splits.class_names), whitening_images, world, batch, precision, ns
-    )
+        config, len(splits.class_names), whitening_images, world, batch, precision, ns,
+        len(train_y),
+    )  # fmt: skip
     forward = distributed.data_parallel(model, world)
     if config.compile:
         forward = torch.compile(forward)

@@ -29,6 +29,30 @@ def kept_share(config, progress: float) -> float:
     return config.filter_keep + (end - config.filter_keep) * progress
 
 
+def kept_count(config, n: int, progress: float = 0.0) -> int:
+    """How many of a batch of n the model trains on at `progress` (kept_share, at least one)."""
+    return min(n, max(1, round(kept_share(config, progress) * n)))
+
+
+def ranked_keep(config, score: torch.Tensor, progress: float) -> torch.Tensor:
+    """Sorted positions of the share of a batch to train on, by `score` (higher: harder): the
+    kept share at `progress` below the config.filter_skip share of the very hardest, which
+    neither trains; its last config.filter_random share drawn at random from the images the rest
+    leaves (from the generator the step seeded)."""
+    n, c = len(score), config
+    skip = round(c.filter_skip * n)
+    count = min(kept_count(c, n, progress), n - skip)
+    drawn = min(round(c.filter_random * n), count)
+    ranked = score.topk(skip + count - drawn, sorted=bool(skip)).indices
+    keep = ranked[skip:]
+    if drawn:
+        left = torch.ones(n, dtype=torch.bool, device=score.device)
+        left[ranked] = False
+        rest = left.nonzero().squeeze(1)
+        keep = torch.cat([keep, rest[torch.randperm(len(rest), device=score.device)[:drawn]]])
+    return keep.sort().values
+
+
 def proxy_model(config, num_classes: int) -> FastNet:
     """The proxy a config describes: FastNet at config.filter_widths with the model's activation
     and pooling (its whitening, dirac init and frozen BatchNorm scale always on)."""
@@ -63,7 +87,7 @@ class HardExampleFilter:
         )
 
     def keep_count(self, n: int, progress: float = 0.0) -> int:
-        return min(n, max(1, round(kept_share(self.config, progress) * n)))
+        return kept_count(self.config, n, progress)
 
     def freeze_whiten_bias(self, drop_grads: bool) -> None:
         freeze_group(self.optimizer, "whiten_bias", drop_grads=drop_grads)
@@ -72,10 +96,17 @@ class HardExampleFilter:
         fade_group(self.optimizer, "whiten_bias", factor)
 
     def pick(
-        self, x: torch.Tensor, y: torch.Tensor, lr: float, global_step: int, progress: float = 0.0
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
+        global_step: int,
+        progress: float = 0.0,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sorted positions in the (normalized, augmented) batch x of its hardest share by the
-        proxy's config.filter_score (kept_share at `progress`, the share of training done; below
+        """Sorted positions in the (normalized, augmented) batch x (`index`, the images' places
+        in the training set, is not needed) of its hardest share by the proxy's
+        config.filter_score (kept_share at `progress`, the share of training done; below
         the config.filter_skip share of the very hardest, which neither trains; its last
         config.filter_random share drawn at random from the images the rest leaves), the proxy
         seeing x at config.filter_side where x is larger; on every filter_train_every-th global
@@ -91,18 +122,8 @@ class HardExampleFilter:
         losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=c.label_smoothing)
         score = losses
         if c.filter_score == "cross_entropy" and c.label_smoothing:
-            score = F.cross_entropy(logits, y, reduction="none")
-        skip = round(c.filter_skip * len(y))
-        count = min(self.keep_count(len(y), progress), len(y) - skip)
-        drawn = min(round(c.filter_random * len(y)), count)
-        ranked = score.detach().topk(skip + count - drawn, sorted=bool(skip)).indices
-        keep = ranked[skip:]
-        if drawn:  # at random from the images the ranking left (the step seeded the generator)
-            left = torch.ones(len(y), dtype=torch.bool, device=y.device)
-            left[ranked] = False
-            rest = left.nonzero().squeeze(1)
-            keep = torch.cat([keep, rest[torch.randperm(len(rest), device=y.device)[:drawn]]])
-        keep = keep.sort().values
+            score = filter_losses(c, logits, y)
+        keep = ranked_keep(c, score.detach(), progress)
         if learn:
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
@@ -110,6 +131,9 @@ class HardExampleFilter:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return keep
+
+    def observe(self, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """The proxy ranks afresh every step and keeps nothing of the model's losses."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +148,79 @@ class HardExampleFilter:
         self.scaler.load_state_dict(state["scaler"])
 
 
+def filter_losses(config, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each image's loss as config.filter_score ranks it: the label-smoothed loss the networks
+    train on, or the unsmoothed cross-entropy."""
+    smoothing = 0.0 if config.filter_score == "cross_entropy" else config.label_smoothing
+    return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
+
+
+# Above any loss a model reaches, so that images the model has not trained on yet rank hardest.
+UNSEEN = 1e6
+
+
+class LastLossFilter:
+    """Ranks each batch by the model's own loss on each image the last time it trained on it,
+    the images it has not trained on yet first, in random order: no proxy, so no passes beyond
+    the model's (Loshchilov & Hutter, "Online Batch Selection for Faster Training of Neural
+    Networks", 2015: rank by the latest known loss). An image left out keeps its old loss, which
+    the model's falling losses leave ever higher in the ranking, so none stays out for long, but
+    the ranking drifts towards the least recently trained; filter_by = last_loss_ratio records
+    each loss over the mean of its step's to take that drift out. Under torchrun every rank
+    records every rank's losses, so all hold the same table. On fast-budget both ranked below
+    the proxy at the same FLOPs (docs/benchmarks.md, Zen 3, 2026-12-06 afternoon)."""
+
+    def __init__(self, config, n_train: int, world):
+        self.config, self.world = config, world
+        self.last_loss = torch.full((n_train,), float("nan"), device=world.device)
+
+    def keep_count(self, n: int, progress: float = 0.0) -> int:
+        return kept_count(self.config, n, progress)
+
+    def freeze_whiten_bias(self, drop_grads: bool) -> None:
+        pass
+
+    def fade_whiten_bias(self, factor: float) -> None:
+        pass
+
+    def pick(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
+        global_step: int,
+        progress: float = 0.0,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sorted positions in the batch to train on, ranked as ranked_keep ranks, by each
+        image's (dataset position `index`) last recorded loss."""
+        last = self.last_loss[index]
+        unseen = UNSEEN + torch.rand(len(y), device=last.device)  # the step seeded the generator
+        return ranked_keep(self.config, torch.where(last.isnan(), unseen, last), progress)
+
+    def observe(self, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Records the model's losses (its logits before the step) on the images it trained on,
+        at their dataset positions `index` (with filter_by = last_loss_ratio, over their mean);
+        a non-finite loss leaves the old one."""
+        losses = filter_losses(self.config, logits.detach(), y)
+        if self.world.active:  # every rank's images: each position is on one rank at most
+            update = torch.full_like(self.last_loss, -1.0)
+            update[index] = losses
+            update = distributed.all_reduce_(update, distributed.MAX)
+            index = (update >= 0).nonzero().squeeze(1)
+            losses = update[index]
+        ok = losses.isfinite()
+        if self.config.filter_by == "last_loss_ratio":
+            losses = losses / losses[ok].mean().clamp_min(1e-12)
+        self.last_loss[index[ok]] = losses[ok]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_loss": self.last_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_loss.copy_(state["last_loss"])
+
+
 def build(
     config,
     num_classes: int,
@@ -132,12 +229,15 @@ def build(
     batch: int,
     precision: str,
     ns_dtype: torch.dtype = torch.float32,
-) -> HardExampleFilter | None:
+    n_train: int = 0,
+) -> HardExampleFilter | LastLossFilter | None:
     """The filter config.filter_keep asks for (None: off): the proxy on the world's device, its
     whitening from the model's images, under torchrun wrapped in DDP (its gradients averaged over
     ranks, so every rank's proxy takes the same steps), compiled where the model is."""
     if not config.filter_keep:
         return None
+    if config.filter_by != "proxy":
+        return LastLossFilter(config, n_train, world)
     proxy = proxy_model(config, num_classes)
     proxy = proxy.to(device=world.device, memory_format=memory_format(config.channels_last))
     proxy.init_from_data(whitening_images)
