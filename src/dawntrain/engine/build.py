@@ -159,7 +159,7 @@ class Run:
     loss: Callable = field(default=loss_fn)
     ema: ModelEMA | None = None  # config.ema: an average of the weights, evaluated beside them
     # config.filter_keep: what picks the share of each batch the model trains on (config.filter_by).
-    filter: data_filter.HardExampleFilter | data_filter.LastLossFilter | None = None
+    filter: data_filter.BatchFilter | None = None
 
     @property
     def device(self) -> torch.device:

@@ -64,7 +64,28 @@ def proxy_model(config, num_classes: int) -> FastNet:
     )
 
 
-class HardExampleFilter:
+class BatchFilter:
+    """What a run asks of a data filter: `pick` a batch's share to train on, `observe` the
+    model's logits on it, and a state for the checkpoint; the hooks here do nothing."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def keep_count(self, n: int, progress: float = 0.0) -> int:
+        return kept_count(self.config, n, progress)
+
+    def freeze_whiten_bias(self, drop_grads: bool) -> None:
+        """The filter's own whitening bias, where it has one, frozen with the model's."""
+
+    def fade_whiten_bias(self, factor: float) -> None:
+        """The filter's own whitening bias's lr, where it has one, faded with the model's."""
+
+    def observe(self, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """The model's logits on the kept images (training-set positions `index`) before its
+        step."""
+
+
+class HardExampleFilter(BatchFilter):
     """The proxy, its optimizer and `pick`, which scores a batch and returns the positions to
     train on. `forward` is the proxy as called (DDP-wrapped under torchrun, so that every rank's
     proxy takes the same steps)."""
@@ -79,15 +100,13 @@ class HardExampleFilter:
         grad_scale: float = 1.0,
         ns_dtype: torch.dtype = torch.float32,
     ):
-        self.model, self.forward, self.config = model, forward, config
+        super().__init__(config)
+        self.model, self.forward = model, forward
         self.precision, self.grad_scale = precision, grad_scale
         self.optimizer = make_optimizer(model, config, batch, ns_dtype)
         self.scaler = torch.amp.GradScaler(
             next(model.parameters()).device.type, enabled=precision == "fp16"
         )
-
-    def keep_count(self, n: int, progress: float = 0.0) -> int:
-        return kept_count(self.config, n, progress)
 
     def freeze_whiten_bias(self, drop_grads: bool) -> None:
         freeze_group(self.optimizer, "whiten_bias", drop_grads=drop_grads)
@@ -132,9 +151,6 @@ class HardExampleFilter:
             self.scaler.update()
         return keep
 
-    def observe(self, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """The proxy ranks afresh every step and keeps nothing of the model's losses."""
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -159,7 +175,7 @@ def filter_losses(config, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 UNSEEN = 1e6
 
 
-class LastLossFilter:
+class LastLossFilter(BatchFilter):
     """Ranks each batch by the model's own loss on each image the last time it trained on it,
     the images it has not trained on yet first, in random order: no proxy, so no passes beyond
     the model's (Loshchilov & Hutter, "Online Batch Selection for Faster Training of Neural
@@ -171,17 +187,9 @@ class LastLossFilter:
     the proxy at the same FLOPs (docs/benchmarks.md, Zen 3, 2026-12-06 afternoon)."""
 
     def __init__(self, config, n_train: int, world):
-        self.config, self.world = config, world
+        super().__init__(config)
+        self.world = world
         self.last_loss = torch.full((n_train,), float("nan"), device=world.device)
-
-    def keep_count(self, n: int, progress: float = 0.0) -> int:
-        return kept_count(self.config, n, progress)
-
-    def freeze_whiten_bias(self, drop_grads: bool) -> None:
-        pass
-
-    def fade_whiten_bias(self, factor: float) -> None:
-        pass
 
     def pick(
         self,
@@ -230,7 +238,7 @@ def build(
     precision: str,
     ns_dtype: torch.dtype = torch.float32,
     n_train: int = 0,
-) -> HardExampleFilter | LastLossFilter | None:
+) -> BatchFilter | None:
     """The filter config.filter_keep asks for (None: off): the proxy on the world's device, its
     whitening from the model's images, under torchrun wrapped in DDP (its gradients averaged over
     ranks, so every rank's proxy takes the same steps), compiled where the model is."""
