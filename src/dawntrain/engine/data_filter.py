@@ -186,9 +186,10 @@ class LastLossFilter(BatchFilter):
     records every rank's losses, so all hold the same table. On fast-budget both ranked below
     the proxy at the same FLOPs (docs/benchmarks.md, Zen 3, 2026-12-06 afternoon)."""
 
-    def __init__(self, config, n_train: int, world):
+    def __init__(self, config, n_train: int, world, batch: int):
         super().__init__(config)
         self.world = world
+        self.rank_batch = -(-batch // world.size)  # the most images one rank's share holds
         self.last_loss = torch.full((n_train,), float("nan"), device=world.device)
 
     def pick(
@@ -211,16 +212,23 @@ class LastLossFilter(BatchFilter):
         at their dataset positions `index` (with filter_by = last_loss_ratio, over their mean);
         a non-finite loss leaves the old one."""
         losses = filter_losses(self.config, logits.detach(), y)
-        if self.world.active:  # every rank's images: each position is on one rank at most
-            update = torch.full_like(self.last_loss, -1.0)
-            update[index] = losses
-            update = distributed.all_reduce_(update, distributed.MAX)
-            index = (update >= 0).nonzero().squeeze(1)
-            losses = update[index]
+        if self.world.active:
+            index, losses = self._every_ranks(index, losses)
         ok = losses.isfinite()
         if self.config.filter_by == "last_loss_ratio":
             losses = losses / losses[ok].mean().clamp_min(1e-12)
         self.last_loss[index[ok]] = losses[ok]
+
+    def _every_ranks(
+        self, index: torch.Tensor, losses: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (positions, losses) of the step: one gather of a rank's share of the
+        batch at most, padded (float64 holds the positions exactly), not of the whole table."""
+        rows = torch.full((2, self.rank_batch), -1.0, dtype=torch.float64, device=losses.device)
+        rows[0, : len(index)], rows[1, : len(index)] = index, losses
+        index, losses = distributed.all_gather(rows).transpose(0, 1).flatten(1)
+        mine = index >= 0
+        return index[mine].long(), losses[mine].float()
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_loss": self.last_loss}
@@ -245,7 +253,7 @@ def build(
     if not config.filter_keep:
         return None
     if config.filter_by != "proxy":
-        return LastLossFilter(config, n_train, world)
+        return LastLossFilter(config, n_train, world, batch)
     proxy = proxy_model(config, num_classes)
     proxy = proxy.to(device=world.device, memory_format=memory_format(config.channels_last))
     proxy.init_from_data(whitening_images)
