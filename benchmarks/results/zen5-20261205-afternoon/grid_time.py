@@ -2,7 +2,7 @@
 constrained layout against cells of fixed size (analysis/plots.py figure_grid), each drawn to PNG
 five times on random 32x32 images with two-line titles.
 
-    python benchmarks/results/zen4-20261205-afternoon/grid_time.py
+    python benchmarks/results/zen5-20261205-afternoon/grid_time.py
 """
 
 import time

@@ -9,7 +9,7 @@ and, where `filtered`, the proxy's hardest share), with the trained weights. The
 scored through the run's own evaluation path before and after (the plain figure and the views
 where unsure, as the preset does).
 
-    python benchmarks/results/zen4-20261205-afternoon/bn_from_training_batches.py DATA RUN [RUN ...]
+    python benchmarks/results/zen5-20261205-afternoon/bn_from_training_batches.py DATA RUN [RUN ...]
 
 DATA: the CIFAR-10 source the runs trained on; RUN: a `dawntrain train` run directory. Prints
 one JSON line per run (test accuracy in %).

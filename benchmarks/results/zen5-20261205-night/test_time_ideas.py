@@ -6,7 +6,7 @@
 2. The data filter's proxy (the 32/64/64 FastNet saved beside the model in each checkpoint) as
    a second ensemble member: log-probabilities summed with weight w.
 
-    python benchmarks/results/zen4-20261205-night/test_time_ideas.py DATA RUN [RUN ...]
+    python benchmarks/results/zen5-20261205-night/test_time_ideas.py DATA RUN [RUN ...]
 
 DATA: the CIFAR-10 source the runs trained on; RUN: a `dawntrain train` run directory. Prints
 one JSON line per run (test accuracy in %, plain and with the run's TTA views on every image).
