@@ -28,10 +28,13 @@ def test_bench_throughput_json(tmp_path, capsys):
         "--json",
         "--results",
         str(tmp_path),
+        "--peak-size",
+        "256",
     ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["preset"] == "davidnet" and result["batch_size"] == 8
+    assert result["peak_size"] == 256
     names = [r["name"] for r in result["rows"]]
     assert names[:2] == ["reference", "engine"]
     for row in result["rows"]:
@@ -39,13 +42,48 @@ def test_bench_throughput_json(tmp_path, capsys):
         assert row["images_per_s"] > 0
     assert result["rows"][0]["precision"] == "fp32" and result["rows"][0]["layout"] == "NCHW"
     assert "fp32" in result["peak_gflops"]
+    by_route = result["peak_gflops_by_route"]["fp32"]
+    assert set(by_route) == {"matmul", "conv1x1"} and min(by_route.values()) > 0
+    assert result["peak_gflops"]["fp32"] == max(by_route.values())
     assert len(list(tmp_path.glob("throughput-*.json"))) == 1
+
+
+def test_peak_routes_compute_the_same_product():
+    # The 1x1 convolution over n pixels is an n x n by n x n product: the same FLOPs as the matmul.
+    import torch
+
+    from dawntrain.bench.throughput import format_peaks, peak_gflops_by_route
+
+    n = 128
+    x = torch.randn(1, n, n // 64, 64, dtype=torch.float64)
+    w = torch.randn(n, n, 1, 1, dtype=torch.float64)
+    by_conv = torch.nn.functional.conv2d(x, w).reshape(n, n)
+    by_matmul = w.reshape(n, n) @ x.reshape(n, n)
+    torch.testing.assert_close(by_conv, by_matmul)
+    assert set(peak_gflops_by_route(torch.float32, torch.device("cpu"), n, reps=1)) == {
+        "matmul",
+        "conv1x1",
+    }
+    old = {"peak_gflops": {"fp32": 180.1, "bf16": 366.3}}  # a result written before the routes
+    assert format_peaks(old) == "fp32 180, bf16 366"
+    new = {
+        "peak_gflops": {"fp32": 430.0},
+        "peak_gflops_by_route": {"fp32": {"matmul": 202.0, "conv1x1": 430.0}},
+    }
+    assert format_peaks(new) == "fp32 430 (matmul 202, conv1x1 430)"
 
 
 def test_bench_throughput_vs_adds_a_row_with_the_change_and_rows_picks(tmp_path, capsys):
     args = ["bench", "throughput", "--preset", "fast", "--set", "width=4", "-b", "8"]
     args += ["--steps", "1", "--warmup", "0", "--json", "--results", str(tmp_path)]
-    args += ["--vs", "ceil_pool=false", "--rows", "engine ceil_pool=false,engine"]
+    args += [
+        "--peak-size",
+        "256",
+        "--vs",
+        "ceil_pool=false",
+        "--rows",
+        "engine ceil_pool=false,engine",
+    ]
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["name"] for r in rows] == ["engine ceil_pool=false", "engine"]

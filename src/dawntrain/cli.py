@@ -832,7 +832,12 @@ def _bench_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--image-size", type=int, default=32, help="input side")
-    p.add_argument("--peak-size", type=int, default=4096, help="n of the n³ matmul peak")
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=4096,
+        help="n of the n³ product timed as the peak (by matmul and as a 1x1 convolution)",
+    )
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd engine")
     p.add_argument(
         "--vs",
