@@ -373,3 +373,14 @@ def test_the_filtering_row_toggles_filtering_at_about_the_same_flops(preset):
     assert bool(toggled.filter_keep) != bool(base.filter_keep)
     assert back.epochs == base.epochs and back.filter_keep == base.filter_keep
     assert total(toggled) == pytest.approx(total(base), rel=0.06)
+
+
+def test_the_filtering_row_switches_a_last_loss_ranking_off_into_a_valid_config():
+    # A last-loss ranking needs a kept share: switched off, the row goes back to the default
+    # filter_by, where it used to leave a config that validate refused.
+    from dawntrain.bench.ablation import ABLATIONS
+    from dawntrain.config import apply, resolve, validate
+
+    base = resolve("fast-budget", sets=["filter_by='last_loss_ratio'", "filter_keep=0.75"])
+    off = validate(apply(base, ABLATIONS["data filtering toggled"](base), "row"))
+    assert (off.filter_keep, off.filter_by, off.epochs) == (0.0, "proxy", 8)  # 7.5 epochs' FLOPs

@@ -44,15 +44,24 @@ def _proxy_epoch_share(config: Config) -> float:
 
 
 def _filtering_toggled(config: Config) -> dict[str, Any]:
-    """Data filtering on (the hardest 70%) or off, at about the same FLOPs: an epoch with it
-    costs filter_keep plus the proxy's share of one without (fast-budget: 10 filtered epochs for
-    8 plain)."""
+    """Data filtering on or off at about the same FLOPs: an epoch with it costs filter_keep plus
+    the proxy's share of one without (fast-budget: 10 filtered epochs for 8 plain). Switched on, it
+    is the preset's own filter where the preset has one, else the hardest 70% by a proxy."""
     if config.filter_keep:
         cost = config.filter_keep + _proxy_epoch_share(config)
-        return {"filter_keep": 0.0, "epochs": max(1, round(config.epochs * cost))}
-    keep = 0.7  # fast-budget's share (docs/benchmarks.md)
-    cost = keep + _proxy_epoch_share(config)
-    return {"filter_keep": keep, "epochs": round(config.epochs / cost)}
+        # filter_by back to its default too: a last-loss ranking needs a kept share.
+        off = {"filter_keep": 0.0, "filter_by": "proxy"}
+        return {**off, "epochs": max(1, round(config.epochs * cost))}
+    preset = resolve(config.preset)
+    if preset.filter_keep:
+        # Epochs scaled as the preset's own filtered run maps to its plain one, so that switching
+        # twice comes back to the preset (10 -> 8 -> 10 for fast-budget, whatever the rounding).
+        plain = _filtering_toggled(preset)["epochs"]
+        epochs = max(1, round(preset.epochs * config.epochs / plain))
+        return {"filter_keep": preset.filter_keep, "filter_by": preset.filter_by, "epochs": epochs}
+    on = {"filter_keep": 0.7, "filter_by": "proxy"}  # fast-budget's first share
+    cost = on["filter_keep"] + _proxy_epoch_share(apply(config, on, "ablation"))
+    return {**on, "epochs": round(config.epochs / cost)}
 
 
 ABLATIONS: dict[str, Changes] = {
