@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU figures of the speed goals in one run, every output under one folder named for the
-# machine kind (AMX, AVX-512 bf16, or neither): bench throughput for davidnet and fast (each beside
-# the same run's matmul peak), bench profile of davidnet, fast and fast-budget's 32x32 step, and
-# fast-budget's 3 seeds timed as whole processes; with AIRBENCH set, the public airbench94_muon
-# timed between them with the same allocator setting. About 35 minutes on 2 Zen 4 cores, by
-# its parts' times there (not yet run whole: QUICK=1 below was).
+# machine kind (AMX, AVX-512 bf16, or neither, and the CPU's vendor, family and model): bench
+# throughput for davidnet and fast (each beside the same run's matmul peak), bench profile of
+# davidnet, fast and fast-budget's 32x32 step, and fast-budget's 3 seeds timed as whole processes;
+# with AIRBENCH set, the public airbench94_muon timed between them with the same allocator
+# setting. 34 minutes whole, airbench94_muon included, on 2 Zen 5 cores (2026-12-06).
 #
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash scripts/cpu_check.sh [OUT_DIR]
 #   AIRBENCH=path/to/folder bash scripts/cpu_check.sh   # airbench94_muon.py patched and its cifar10/
@@ -17,6 +17,12 @@ set -euo pipefail
 if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then kind=amx
 elif grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then kind=avx512bf16
 else kind=cpu; fi
+# The CPU's family and model tell generations apart that share these flags (Zen 4 and Zen 5 both
+# have AVX-512 bf16; Zen 5's bf16 matmul is 2.0-2.4x Zen 4's): "amd-f26m2", "intel-f6m143".
+cpuinfo_field() { awk -F: -v k="$1" '$1 ~ "^"k"[ \t]*$" { gsub(/^[ \t]+/, "", $2); print $2; exit }' /proc/cpuinfo 2>/dev/null || true; }
+case "$(cpuinfo_field vendor_id)" in AuthenticAMD) vendor=amd ;; GenuineIntel) vendor=intel ;; *) vendor=cpu ;; esac
+family=$(cpuinfo_field "cpu family") model=$(cpuinfo_field model)
+[ -n "$family" ] && kind="$kind-$vendor-f${family}m${model}"
 out=${1:-benchmarks/results/$kind-$(date +%Y%m%d-%H%M%S)}
 data=${DATA:-cifar10}
 py=${PYTHON:-python}
@@ -30,7 +36,7 @@ timed() {  # name, then the command: its output and /usr/bin/time -v's under $ou
 }
 started=$(date +%s)
 { lscpu; "$py" -c "import torch; print('torch', torch.__version__)"; } > "$out/machine.txt"
-echo "kind: $kind, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores" \
+echo "kind: $kind, $(cpuinfo_field 'model name'), $(nproc) cores" \
     | tee -a "$out/log.txt"
 
 for preset in davidnet fast; do
