@@ -1,4 +1,5 @@
-"""Data filtering (airbench96_faster): a small proxy network picks the hardest share of each batch.
+"""Data filtering: the model trains on the hardest share of each batch, as ranked by a small proxy
+network (airbench96_faster) or by the model's own last loss on each image (`filter_by`).
 
 The proxy, a narrow FastNet, scores every training batch in a forward pass; the model then trains
 only on the `filter_keep` share with the highest proxy loss (a share moving linearly to
@@ -183,8 +184,10 @@ class LastLossFilter(BatchFilter):
     the model's falling losses leave ever higher in the ranking, so none stays out for long, but
     the ranking drifts towards the least recently trained; filter_by = last_loss_ratio records
     each loss over the mean of its step's to take that drift out. Under torchrun every rank
-    records every rank's losses, so all hold the same table. On fast-budget both ranked below
-    the proxy at the same FLOPs (docs/benchmarks.md, Zen 3, 2026-12-06 afternoon)."""
+    records every rank's losses, so all hold the same table. At the proxy's 70% both ranked below
+    it on fast-budget (docs/benchmarks.md: Zen 3, and the ratio on Zen 5 too, 2026-12-06); the
+    ratio at 75%, which the FLOPs saved on the proxy pay for, scored level with it in less time
+    and is the preset's."""
 
     def __init__(self, config, n_train: int, world, batch: int):
         super().__init__(config)
