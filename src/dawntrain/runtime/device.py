@@ -56,7 +56,7 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
     """The CPU's family and model numbers and its widest vector path: "family 26 model 2, AVX-512
     bf16"; empty without /proc/cpuinfo. Cloud machines often name only "AMD EPYC", which hides the
     generation that sets the speed (a Zen 4 and a Zen 5 both report AVX-512 bf16, and the Zen 5's
-    bf16 matmul measured about 2.3x the Zen 4's on 2 cores), so runs and benchmarks record this
+    bf16 matmul measured 2.0-2.4x the Zen 4's on 2 cores), so runs and benchmarks record this
     beside the name."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = set(text.split())
