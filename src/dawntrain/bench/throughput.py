@@ -154,9 +154,10 @@ def peak_gflops_by_route(
     dtype: torch.dtype, device: torch.device, n: int = 4096, reps: int = 3
 ) -> dict[str, float]:
     """The n³ product by torch's matmul and as a 1x1 convolution. On a CPU these are two
-    libraries: torch's fp32 matmul calls MKL, which takes a 256-bit path on AMD CPUs, while
-    oneDNN's convolutions run AVX-512 at full width (Zen 5: fp32 matmul about 200 GFLOP/s, the
-    engine's fp32 convolutions 400-440), so the matmul alone understates the peak there."""
+    libraries: torch's fp32 matmul calls MKL, which on Zen 5 runs at the rate of 256-bit vectors
+    (about 200 GFLOP/s; its log does not name its code path), while oneDNN's convolutions use the
+    full 512-bit width (the engine's fp32 convolutions 400-440), so the matmul alone understates
+    the peak there."""
     return {
         "matmul": matmul_peak_gflops(dtype, device, n, reps),
         "conv1x1": conv1x1_peak_gflops(dtype, device, n, reps),
