@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU figures of the speed goals in one run, every output under one folder named for the
-# machine kind (AMX, AVX-512 bf16, or neither, and the CPU's vendor, family and model): bench
+# machine kind (the widest bf16 or vector path, and the CPU's vendor, family and model): bench
 # throughput for davidnet and fast (each beside the same run's matmul peak), bench profile of
 # davidnet, fast and fast-budget's 32x32 step, and fast-budget's 3 seeds timed as whole processes;
 # with AIRBENCH set, the public airbench94_muon timed between them with the same allocator
@@ -14,18 +14,16 @@
 # QUICK=1 takes one step of each bench and one 1-epoch run on the sample data (a smoke test).
 set -euo pipefail
 [ -x /usr/bin/time ] || { echo "cpu_check: needs /usr/bin/time (GNU time) for the wall times" >&2; exit 2; }
-if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then kind=amx
-elif grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then kind=avx512bf16
-else kind=cpu; fi
-# The CPU's family and model tell generations apart that share these flags (Zen 4 and Zen 5 both
-# have AVX-512 bf16; Zen 5's bf16 matmul is 2.0-2.4x Zen 4's): "amd-f26m2", "intel-f6m143".
-cpuinfo_field() { awk -F: -v k="$1" '$1 ~ "^"k"[ \t]*$" { gsub(/^[ \t]+/, "", $2); print $2; exit }' /proc/cpuinfo 2>/dev/null || true; }
-case "$(cpuinfo_field vendor_id)" in AuthenticAMD) vendor=amd ;; GenuineIntel) vendor=intel ;; *) vendor=cpu ;; esac
-family=$(cpuinfo_field "cpu family") model=$(cpuinfo_field model)
-[ -n "$family" ] && kind="$kind-$vendor-f${family}m${model}"
+py=${PYTHON:-python}
+# The widest bf16 path and the CPU's vendor, family and model: "avx512bf16-amd-f26m2",
+# "amx-intel-f6m143". The family and model tell generations apart that share the flags (Zen 4 and
+# Zen 5 both have AVX-512 bf16; Zen 5's bf16 matmul is 2.0-2.4x Zen 4's).
+read -r kind cpu < <("$py" -c 'import torch
+from dawntrain.runtime.device import cpu_kind_slug, describe
+print(cpu_kind_slug(), describe(torch.device("cpu")))')
+[ -n "$kind" ] || { echo "cpu_check: $py cannot import dawntrain; install it first (README)" >&2; exit 2; }
 out=${1:-benchmarks/results/$kind-$(date +%Y%m%d-%H%M%S)}
 data=${DATA:-cifar10}
-py=${PYTHON:-python}
 steps=10 warmup=2 seeds="0 1 2" train=()
 if [ -n "${QUICK:-}" ]; then steps=1 warmup=0 seeds=0 train=(--epochs 1) data=${DATA:-sample}; fi
 mkdir -p "$out"
@@ -36,8 +34,7 @@ timed() {  # name, then the command: its output and /usr/bin/time -v's under $ou
 }
 started=$(date +%s)
 { lscpu; "$py" -c "import torch; print('torch', torch.__version__)"; } > "$out/machine.txt"
-echo "kind: $kind, $(cpuinfo_field 'model name'), $(nproc) cores" \
-    | tee -a "$out/log.txt"
+echo "kind: $kind, $cpu, $(nproc) cores" | tee -a "$out/log.txt"
 
 for preset in davidnet fast; do
     step "bench throughput $preset"

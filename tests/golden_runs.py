@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dawntrain.runtime.device import widest_isa_flag
+
 GOLDEN = Path(__file__).parent / "golden" / "runs.json"
 THREADS = 2
 QUIET = ["--precision", "fp32", "--set", "report=false", "--quiet"]
@@ -32,14 +34,7 @@ QUIET = ["--precision", "fp32", "--set", "report=false", "--quiet"]
 
 def machine_signature() -> str:
     """torch version, the widest matmul ISA the CPU has, and the thread count."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    isa = next(
-        (f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), "baseline"
-    )
-    return f"torch-{torch.__version__}/{isa}/{THREADS}-threads"
+    return f"torch-{torch.__version__}/{widest_isa_flag() or 'baseline'}/{THREADS}-threads"
 
 
 def synthetic_folder(root: Path, size: int, classes: int = 3, per_class: int = 16) -> Path:

@@ -2,7 +2,7 @@
 
 import torch
 
-from dawntrain.runtime.device import cpu_kind, describe
+from dawntrain.runtime.device import cpu_kind, cpu_kind_slug, describe, widest_isa_flag
 
 # Two processors of /proc/cpuinfo as a 2-vCPU cloud machine shows them (fields trimmed).
 ZEN5 = """processor\t: 0
@@ -49,3 +49,23 @@ def test_cpu_kind_reads_the_model_line_not_the_model_name_line():
 def test_cpu_kind_without_cpuinfo_is_empty_and_describe_still_names_the_threads():
     assert cpu_kind("") == ""
     assert describe(torch.device("cpu")).endswith(f"{torch.get_num_threads()} threads)")
+
+
+def test_widest_isa_flag_takes_the_widest_path_the_flags_announce():
+    assert widest_isa_flag(ZEN5) == "avx512_bf16"
+    assert widest_isa_flag(XEON_AMX) == "amx_bf16"
+    assert widest_isa_flag(ZEN3) == "avx2"
+    assert widest_isa_flag("flags : fpu sse2") == ""
+
+
+def test_cpu_kind_slug_names_benchmark_folders_by_path_vendor_family_and_model():
+    assert cpu_kind_slug(ZEN5) == "avx512bf16-amd-f26m2"
+    assert (
+        cpu_kind_slug(
+            XEON_AMX.replace("processor\t: 0\n", "processor\t: 0\nvendor_id\t: GenuineIntel\n")
+        )
+        == "amx-intel-f6m143"
+    )
+    # No vendor line: the family and model still tell the machines apart.
+    assert cpu_kind_slug(ZEN3) == "avx2-cpu-f25m1"
+    assert cpu_kind_slug("") == "cpu"

@@ -50,7 +50,7 @@ def _filtering_toggled(config: Config) -> dict[str, Any]:
     if config.filter_keep:
         cost = config.filter_keep + _proxy_epoch_share(config)
         # filter_by back to its default too: a last-loss ranking needs a kept share.
-        off = {"filter_keep": 0.0, "filter_by": "proxy"}
+        off = {"filter_keep": 0.0, "filter_by": Config().filter_by}
         return {**off, "epochs": max(1, round(config.epochs * cost))}
     preset = resolve(config.preset)
     if preset.filter_keep:

@@ -43,13 +43,21 @@ def _cpuinfo_field(key: str, cpuinfo: str) -> str | None:
     return None
 
 
-# The widest bf16-or-vector path a CPU flag announces, widest first.
-_ISA_LABELS = (
-    ("amx_bf16", "AMX"),
-    ("avx512_bf16", "AVX-512 bf16"),
-    ("avx512f", "AVX-512"),
-    ("avx2", "AVX2"),
+# The widest bf16-or-vector path a CPU flag announces, widest first: flag, label, short name.
+_ISA = (
+    ("amx_bf16", "AMX", "amx"),
+    ("avx512_bf16", "AVX-512 bf16", "avx512bf16"),
+    ("avx512f", "AVX-512", "avx512"),
+    ("avx2", "AVX2", "avx2"),
 )
+_VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+
+
+def widest_isa_flag(cpuinfo: str | None = None) -> str:
+    """The /proc/cpuinfo flag of the CPU's widest bf16-or-vector path ("amx_bf16", "avx512_bf16",
+    "avx512f", "avx2"); empty when it has none of them or there is no /proc/cpuinfo."""
+    flags = set((_cpuinfo() if cpuinfo is None else cpuinfo).split())
+    return next((flag for flag, _, _ in _ISA if flag in flags), "")
 
 
 def cpu_kind(cpuinfo: str | None = None) -> str:
@@ -59,11 +67,23 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
     bf16 matmul measured 2.0-2.4x the Zen 4's on 2 cores), so runs and benchmarks record this
     beside the name."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
-    flags = set(text.split())
-    isa = next((label for flag, label in _ISA_LABELS if flag in flags), "")
+    isa = {flag: label for flag, label, _ in _ISA}.get(widest_isa_flag(text), "")
     family, model = _cpuinfo_field("cpu family", text), _cpuinfo_field("model", text)
     generation = f"family {family} model {model}" if family is not None else ""
     return ", ".join(part for part in (generation, isa) if part)
+
+
+def cpu_kind_slug(cpuinfo: str | None = None) -> str:
+    """`cpu_kind` as a folder name: "avx512bf16-amd-f26m2", "amx-intel-f6m143", "avx2-amd-f25m1";
+    "cpu" without /proc/cpuinfo. Benchmark folders carry it, so that two generations with the
+    same flags never share a name."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    isa = {flag: short for flag, _, short in _ISA}.get(widest_isa_flag(text), "cpu")
+    family, model = _cpuinfo_field("cpu family", text), _cpuinfo_field("model", text)
+    if family is None:
+        return isa
+    vendor = _VENDORS.get(_cpuinfo_field("vendor_id", text) or "", "cpu")
+    return f"{isa}-{vendor}-f{family}m{model}"
 
 
 @functools.cache
