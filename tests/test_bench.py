@@ -384,3 +384,24 @@ def test_the_filtering_row_switches_a_last_loss_ranking_off_into_a_valid_config(
     base = resolve("fast-budget", sets=["filter_by='last_loss_ratio'", "filter_keep=0.75"])
     off = validate(apply(base, ABLATIONS["data filtering toggled"](base), "row"))
     assert (off.filter_keep, off.filter_by, off.epochs) == (0.0, "proxy", 8)  # 7.5 epochs' FLOPs
+
+
+def test_throughput_times_the_rows_windows_in_turn_so_drift_falls_on_each():
+    from dawntrain.bench.throughput import interleaved_rates
+
+    log, clock = [], [0.0]
+
+    def step(name, seconds):
+        def run():
+            log.append(name)
+            clock[0] += seconds
+
+        return run
+
+    def timer():
+        start = clock[0]
+        return lambda: clock[0] - start
+
+    rates = interleaved_rates([step("a", 1.0), step("b", 2.0)], [8, 4], 3, 2, timer)
+    assert log == ["a", "a", "b", "b"] * 3
+    assert rates == [[8.0] * 3, [2.0] * 3]

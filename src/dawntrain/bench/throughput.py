@@ -1,12 +1,14 @@
 """Training throughput: the reference path against the engine, in one run, with a matmul peak.
 
 Rows share one process, one data set and one step function, so their ratio is meaningful even on
-a noisy machine. Images/s is the median over timed windows after warm-up.
+a noisy machine. Images/s is the median over timed windows after warm-up, the rows' windows taken
+in turn (the rows on glibc's default malloc settings first, in turn among themselves).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import statistics
 import time
@@ -180,29 +182,14 @@ def _timer(device: torch.device):
     return lambda: time.perf_counter() - t
 
 
-def measure(
-    config: Config,
-    variant: Variant,
-    steps: int,
-    warmup: int,
-    windows: int = 5,
-    image_size: int = 32,
-) -> dict[str, Any]:
-    """Median training images/s of `variant` on random uint8 data through the full step."""
-    device = resolve_device(config.device)
-    with freed_memory_kept(variant.keep_freed_memory, device.type == "cpu"):
-        return _measure(config, variant, device, steps, warmup, windows, image_size)
+@dataclass
+class _Row:
+    variant: Variant
+    run: Any  # engine.build's Run
+    step: Callable[[], None]  # one pass over the one-batch data set: one optimizer step
 
 
-def _measure(
-    config: Config,
-    variant: Variant,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    windows: int,
-    image_size: int,
-) -> dict[str, Any]:
+def _prepare(config: Config, variant: Variant, device: torch.device, image_size: int) -> _Row:
     row_config = dataclasses.replace(
         config,
         device=str(device),
@@ -220,8 +207,7 @@ def _measure(
     # own crops and flips, through the step fit() takes (the preset's optimizer, lr schedule,
     # lookahead), so the "engine" row is what training runs.
     run = build(row_config, random_dataset(row_config.batch_size, image_size))
-    precision, b, stats = run.precision, row_config.batch_size, StepStats.zeros(run.device)
-    done = 0
+    stats, done = StepStats.zeros(run.device), 0
 
     def step() -> None:
         nonlocal done
@@ -231,31 +217,75 @@ def _measure(
             run.step(stats, x, y, epoch, 0)
         done += 1
 
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    rates = []
-    per_window = max(1, steps // windows)
+    return _Row(variant, run, step)
+
+
+def interleaved_rates(
+    steps: list[Callable[[], None]],
+    batch: list[int],
+    windows: int,
+    per_window: int,
+    timer: Callable[[], Callable[[], float]],
+) -> list[list[float]]:
+    """Images/s of each step function in each window, the windows taken in turn (A B A B ...):
+    a machine that speeds up or slows down during the bench shifts every row alike, where rows
+    timed one after another would take the drift into their ratio."""
+    rates: list[list[float]] = [[] for _ in steps]
     for _ in range(windows):
-        stop = _timer(device)
-        for _ in range(per_window):
-            step()
-        rates.append(per_window * b / stop())
+        for step, b, row_rates in zip(steps, batch, rates):
+            stop = timer()
+            for _ in range(per_window):
+                step()
+            row_rates.append(per_window * b / stop())
+    return rates
+
+
+def measure(
+    config: Config,
+    variants: list[Variant],
+    steps: int,
+    warmup: int,
+    windows: int = 5,
+    image_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Median training images/s of each variant on random uint8 data through the full step, the
+    variants' timed windows interleaved. They must agree on `keep_freed_memory` (the allocator
+    setting is the process's)."""
+    if len({v.keep_freed_memory for v in variants}) > 1:
+        raise ValueError("measure: variants with and without keep_freed_memory time apart")
+    device = resolve_device(config.device)
+    keep = bool(variants) and variants[0].keep_freed_memory
+    with freed_memory_kept(keep, device.type == "cpu"):
+        rows = [_prepare(config, v, device, image_size) for v in variants]
+        for row in rows:
+            for _ in range(warmup):
+                row.step()
+        synchronize(device)
+        batch = [row.run.batch for row in rows]
+        timer = functools.partial(_timer, device)
+        per_window = max(1, steps // windows)
+        rates = interleaved_rates([r.step for r in rows], batch, windows, per_window, timer)
+        return [_result(row, r, image_size) for row, r in zip(rows, rates)]
+
+
+def _result(row: _Row, rates: list[float], image_size: int) -> dict[str, Any]:
+    variant, run = row.variant, row.run
     ips = statistics.median(rates)
-    flops = training_flops_per_image(run.model, (3, image_size, image_size))
+    shape = (3, image_size, image_size)
+    flops = training_flops_per_image(run.model, shape)
+    cpu = run.device.type == "cpu"
     return {
         "name": variant.name,
-        "batch_size": row_config.batch_size,
+        "batch_size": run.batch,
         "images_per_s": round(ips, 2),
         "gflops": round(ips * flops / 1e9, 2),
-        "precision": precision,
+        "precision": run.precision,
         "layout": "channels_last" if variant.channels_last else "NCHW",
         "compiled": variant.compiled,
         "exact_dropout": variant.exact_dropout,
-        "keep_freed_memory": variant.keep_freed_memory and device.type == "cpu",
-        "matmul_conv": matmul_layers(run.model, (3, image_size, image_size))
-        if device.type == "cpu"
-        else 0,  # how many convolutions took the matmul path
+        "keep_freed_memory": variant.keep_freed_memory and cpu,
+        # how many convolutions took the matmul path
+        "matmul_conv": matmul_layers(run.model, shape) if cpu else 0,
         "changes": variant.changes,
         "window_images_per_s": [round(r, 2) for r in rates],
     }
@@ -273,10 +303,14 @@ def run(
     variants = variants or default_variants()
     # Rows on glibc's default malloc go first: once a kept-memory row has grown the heap, its free
     # blocks serve the later rows too, whatever the thresholds (measured: 306 vs 295 img/s).
-    order = sorted(range(len(variants)), key=lambda i: variants[i].keep_freed_memory)
-    measured = {
-        i: measure(config, variants[i], steps, warmup, image_size=image_size) for i in order
-    }
+    measured: dict[int, dict[str, Any]] = {}
+    for keep in (False, True):
+        group = [i for i, v in enumerate(variants) if v.keep_freed_memory == keep]
+        if group:
+            timed = measure(
+                config, [variants[i] for i in group], steps, warmup, image_size=image_size
+            )
+            measured.update(zip(group, timed))
     rows = [measured[i] for i in range(len(variants))]
     dtypes = {"fp32": torch.float32}
     if resolve_precision("auto", device) != "fp32":
