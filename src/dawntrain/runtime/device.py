@@ -50,14 +50,19 @@ _ISA = (
     ("avx512f", "AVX-512", "avx512"),
     ("avx2", "AVX2", "avx2"),
 )
+_NO_ISA = ("", "", "cpu")
 _VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+
+
+def _widest_isa(cpuinfo: str) -> tuple[str, str, str]:
+    flags = set(cpuinfo.split())
+    return next((isa for isa in _ISA if isa[0] in flags), _NO_ISA)
 
 
 def widest_isa_flag(cpuinfo: str | None = None) -> str:
     """The /proc/cpuinfo flag of the CPU's widest bf16-or-vector path ("amx_bf16", "avx512_bf16",
     "avx512f", "avx2"); empty when it has none of them or there is no /proc/cpuinfo."""
-    flags = set((_cpuinfo() if cpuinfo is None else cpuinfo).split())
-    return next((flag for flag, _, _ in _ISA if flag in flags), "")
+    return _widest_isa(_cpuinfo() if cpuinfo is None else cpuinfo)[0]
 
 
 def cpu_kind(cpuinfo: str | None = None) -> str:
@@ -67,7 +72,7 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
     bf16 matmul measured 2.0-2.4x the Zen 4's on 2 cores), so runs and benchmarks record this
     beside the name."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
-    isa = {flag: label for flag, label, _ in _ISA}.get(widest_isa_flag(text), "")
+    isa = _widest_isa(text)[1]
     family, model = _cpuinfo_field("cpu family", text), _cpuinfo_field("model", text)
     generation = f"family {family} model {model}" if family is not None else ""
     return ", ".join(part for part in (generation, isa) if part)
@@ -78,7 +83,7 @@ def cpu_kind_slug(cpuinfo: str | None = None) -> str:
     "cpu" without /proc/cpuinfo. Benchmark folders carry it, so that two generations with the
     same flags never share a name."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
-    isa = {flag: short for flag, _, short in _ISA}.get(widest_isa_flag(text), "cpu")
+    isa = _widest_isa(text)[2]
     family, model = _cpuinfo_field("cpu family", text), _cpuinfo_field("model", text)
     if family is None:
         return isa
