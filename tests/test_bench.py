@@ -102,6 +102,22 @@ def test_bench_throughput_vs_adds_a_row_with_the_change_and_rows_picks(tmp_path,
     assert rows[0]["gflops"] / rows[0]["images_per_s"] < rows[1]["gflops"] / rows[1]["images_per_s"]
 
 
+def test_bench_throughput_counts_a_filtered_row_s_kept_share_only(tmp_path, capsys):
+    args = ["bench", "throughput", "--preset", "fast", "--set", "width=4", "-b", "8"]
+    args += ["--steps", "1", "--warmup", "0", "--json", "--results", str(tmp_path)]
+    args += ["--peak-size", "256", "--vs", "filter_keep=0.5,filter_by='last_loss_ratio'"]
+    args += ["--rows", "engine,engine filter_keep=0.5 filter_by='last_loss_ratio'"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    plain, half = rows
+    assert half["changes"]["filter_keep"] == 0.5
+    assert half["step_flops_per_image"] == pytest.approx(
+        plain["step_flops_per_image"] / 2, rel=1e-6
+    )
+    per_image = [r["gflops"] / r["images_per_s"] for r in rows]
+    assert per_image[1] == pytest.approx(per_image[0] / 2, rel=0.01)
+
+
 def test_bench_throughput_rejects_an_unknown_row_or_key(capsys):
     assert main(["bench", "throughput", "--rows", "engine,turbo", "--steps", "1"]) == 2
     assert "turbo" in capsys.readouterr().err

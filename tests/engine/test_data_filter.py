@@ -280,3 +280,24 @@ def test_last_loss_ranking_costs_no_flops_and_needs_data_filtering():
     assert got["total"] == proxy["total"] - proxy["filter"]
     with pytest.raises(ConfigError, match="filter_by"):
         resolve("fast", sets=["filter_by='last_loss'"])
+
+
+def test_a_step_costs_the_kept_share_and_the_proxy_per_image():
+    from dawntrain.analysis.flop_count import (
+        run_flops,
+        step_flops_per_image,
+        training_flops_per_image,
+    )
+    from dawntrain.models.fast import FastNet
+
+    model, shape = FastNet(widths=(8, 16, 16), num_classes=5), (3, 32, 32)
+    base = ["epochs=4", "sanity_check=false"]
+    full = training_flops_per_image(model, shape)
+    assert step_flops_per_image(model, resolve("fast", sets=base), shape) == full
+    own = resolve("fast", sets=[*base, "filter_keep=0.75", "filter_by='last_loss_ratio'"])
+    assert step_flops_per_image(model, own, shape) == pytest.approx(0.75 * full, rel=1e-9)
+    proxy = resolve("fast", sets=[*base, "filter_keep=0.75"])
+    whole = run_flops(model, proxy, shape, n_train=10, n_val=5)
+    per_step = step_flops_per_image(model, proxy, shape)
+    assert per_step * 4 * 10 == pytest.approx(whole["train"] + whole["filter"], rel=1e-6)
+    assert per_step > 0.75 * full

@@ -277,3 +277,12 @@ def run_flops(
         "sanity_check": forward * min(512, n_val) if config.sanity_check else 0,
     }
     return {**parts, "total": sum(parts.values())}
+
+
+def step_flops_per_image(model: nn.Module, config, input_shape: tuple[int, int, int]) -> float:
+    """Training FLOPs one image costs a step, averaged over the run's epochs: what run_flops
+    charges training and filtering for one image, per epoch. With data filtering the model
+    trains on the kept share only (plus the proxy's passes), so throughput x this is the work
+    done, where training_flops_per_image would count the images the step skipped as trained."""
+    parts = run_flops(model, config, input_shape, n_train=1, n_val=0)
+    return (parts["train"] + parts.get("filter", 0)) / config.epochs

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from dawntrain.analysis.flop_count import training_flops_per_image
+from dawntrain.analysis.flop_count import step_flops_per_image, training_flops_per_image
 from dawntrain.config import Config, apply, parse_set, validate
 from dawntrain.data import ImageDataset
-from dawntrain.engine.build import build
+from dawntrain.engine.build import Run, build
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
 from dawntrain.models import model_for
@@ -185,7 +185,7 @@ def _timer(device: torch.device):
 @dataclass
 class _Row:
     variant: Variant
-    run: Any  # engine.build's Run
+    run: Run
     step: Callable[[], None]  # one pass over the one-batch data set: one optimizer step
 
 
@@ -272,13 +272,15 @@ def _result(row: _Row, rates: list[float], image_size: int) -> dict[str, Any]:
     variant, run = row.variant, row.run
     ips = statistics.median(rates)
     shape = (3, image_size, image_size)
-    flops = training_flops_per_image(run.model, shape)
+    # The work the step does: a filtered row trains on its kept share only.
+    flops = step_flops_per_image(run.model, run.config, shape)
     cpu = run.device.type == "cpu"
     return {
         "name": variant.name,
         "batch_size": run.batch,
         "images_per_s": round(ips, 2),
         "gflops": round(ips * flops / 1e9, 2),
+        "step_flops_per_image": round(flops),
         "precision": run.precision,
         "layout": "channels_last" if variant.channels_last else "NCHW",
         "compiled": variant.compiled,
