@@ -43,21 +43,27 @@ def _proxy_epoch_share(config: Config) -> float:
     return proxy / (3 * flops(model_for(config, 10), shape))
 
 
+def _plain_epochs(config: Config) -> int:
+    """Epochs without data filtering at about a filtered config's FLOPs: an epoch with it costs
+    filter_keep plus the proxy's share of one without (fast-budget: 10 filtered epochs for 8)."""
+    return max(1, round(config.epochs * (config.filter_keep + _proxy_epoch_share(config))))
+
+
 def _filtering_toggled(config: Config) -> dict[str, Any]:
-    """Data filtering on or off at about the same FLOPs: an epoch with it costs filter_keep plus
-    the proxy's share of one without (fast-budget: 10 filtered epochs for 8 plain). Switched on, it
-    is the preset's own filter where the preset has one, else the hardest 70% by a proxy."""
+    """Data filtering on or off at about the same FLOPs (_plain_epochs). Switched on, it is the
+    preset's own filter where the preset has one, else the hardest 70% by a proxy."""
     if config.filter_keep:
-        cost = config.filter_keep + _proxy_epoch_share(config)
         # filter_by back to its default too: a last-loss ranking needs a kept share.
-        off = {"filter_keep": 0.0, "filter_by": Config().filter_by}
-        return {**off, "epochs": max(1, round(config.epochs * cost))}
+        return {
+            "filter_keep": 0.0,
+            "filter_by": Config().filter_by,
+            "epochs": _plain_epochs(config),
+        }
     preset = resolve(config.preset)
     if preset.filter_keep:
         # Epochs scaled as the preset's own filtered run maps to its plain one, so that switching
         # twice comes back to the preset (10 -> 8 -> 10 for fast-budget, whatever the rounding).
-        plain = _filtering_toggled(preset)["epochs"]
-        epochs = max(1, round(preset.epochs * config.epochs / plain))
+        epochs = max(1, round(preset.epochs * config.epochs / _plain_epochs(preset)))
         return {"filter_keep": preset.filter_keep, "filter_by": preset.filter_by, "epochs": epochs}
     on = {"filter_keep": 0.7, "filter_by": "proxy"}  # fast-budget's first share
     cost = on["filter_keep"] + _proxy_epoch_share(apply(config, on, "ablation"))
