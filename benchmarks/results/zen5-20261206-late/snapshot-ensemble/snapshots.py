@@ -21,13 +21,12 @@ EARLIER = (9, 8, 6)
 WEIGHTS = (0.5, 0.7)  # the last epoch's share
 
 
-def probabilities(path: Path, data: str):
-    trained = load_model(path, "cpu")
-    images, labels, _, _ = test_set(trained, data)
-    level = trained.config.tta_level
+def probabilities(trained, images):
+    """(plain, with the TTA views on every image) probabilities of `trained` on `images`."""
     plain = trained.evaluate(images, None, 0, probabilities=True)["probabilities"]
+    level = trained.config.tta_level
     views = trained.evaluate(images, None, level, probabilities=True, tta_below=1.0)
-    return plain, views["probabilities"], np.asarray(labels), trained.config.tta_below
+    return plain, views["probabilities"]
 
 
 def accuracy(plain, views, labels, below) -> float:
@@ -37,10 +36,14 @@ def accuracy(plain, views, labels, below) -> float:
 
 data, out = sys.argv[1], {}
 for run in map(Path, sys.argv[2].split(",")):
-    last_plain, last_views, labels, below = probabilities(run, data)
+    last = load_model(run, "cpu")
+    images, labels, _, _ = test_set(last, data)  # the same for every epoch of the run
+    labels, below = np.asarray(labels), last.config.tta_below
+    last_plain, last_views = probabilities(last, images)
     row = {"own": accuracy(last_plain, last_views, labels, below)}
     for e in EARLIER:
-        plain, views, _, _ = probabilities(run / "checkpoints" / f"epoch_{e:02d}.pt", data)
+        earlier = load_model(run / "checkpoints" / f"epoch_{e:02d}.pt", "cpu")
+        plain, views = probabilities(earlier, images)
         for w in WEIGHTS:
             mixed = [w * a + (1 - w) * b for a, b in ((last_plain, plain), (last_views, views))]
             row[f"epoch {e}, last at {w}"] = accuracy(*mixed, labels, below)

@@ -12,18 +12,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dawntrain.engine.build import run_data
 from dawntrain.infer.model import load_model
+from dawntrain.train import checkpoint
 
 run = Path(sys.argv[1])
 saved = sorted((run / "checkpoints").glob("epoch_*.pt"))
 table = {
-    int(p.stem.split("_")[1]): torch.load(p, weights_only=False, map_location="cpu")["filter"][
-        "last_loss"
-    ].float()
-    for p in saved
+    int(p.stem.split("_")[1]): checkpoint.load(p)["filter"]["last_loss"].float() for p in saved
 }
 last_epoch = max(table)
 final = table[last_epoch]
