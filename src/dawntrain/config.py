@@ -108,6 +108,11 @@ class Config:
     # by loss alone sees only the hard tail; a uniform share keeps the rest of the data in view
     # (the mixture behind importance sampling's bias correction). 0: the kept share all hardest.
     filter_random: float = 0.0
+    # Keep the same share of each class in the batch (its hardest images), not the hardest of the
+    # whole batch: a ranking by loss trains the hard classes more than the easy ones (on
+    # fast-budget after epoch 3, 96% of the cats against 59% of the automobiles), which tilts the
+    # classes' prior away from the test set's. Needs filter_skip and filter_random at 0.
+    filter_per_class: bool = False
     # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the
     # model's own loss on each image the last time it trained on it (unseen images first): no
     # proxy passes, the ranking one epoch old (Loshchilov & Hutter, "Online Batch Selection", 2015);
@@ -394,6 +399,10 @@ def _filter_checks(config: Config) -> list[tuple[bool, str]]:
             config.filter_random == 0
             or 0 < config.filter_random < min(config.filter_keep, config.filter_keep_end or 1),
             "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
+        ),
+        (
+            not config.filter_per_class or not (config.filter_skip or config.filter_random),
+            "filter_per_class needs filter_skip and filter_random at 0",
         ),
         (
             config.filter_side == 0 or config.filter_side >= 8,

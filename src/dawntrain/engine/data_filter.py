@@ -35,12 +35,17 @@ def kept_count(config, n: int, progress: float = 0.0) -> int:
     return min(n, max(1, round(kept_share(config, progress) * n)))
 
 
-def ranked_keep(config, score: torch.Tensor, progress: float) -> torch.Tensor:
+def ranked_keep(
+    config, score: torch.Tensor, progress: float, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sorted positions of the share of a batch to train on, by `score` (higher: harder): the
     kept share at `progress` below the config.filter_skip share of the very hardest, which
     neither trains; its last config.filter_random share drawn at random from the images the rest
-    leaves (from the generator the step seeded)."""
+    leaves (from the generator the step seeded). With config.filter_per_class, the hardest of each
+    class by the labels `y`, each class keeping about the same share."""
     n, c = len(score), config
+    if c.filter_per_class:
+        return per_class_keep(score, y, kept_count(c, n, progress))
     skip = round(c.filter_skip * n)
     count = min(kept_count(c, n, progress), n - skip)
     drawn = min(round(c.filter_random * n), count)
@@ -52,6 +57,20 @@ def ranked_keep(config, score: torch.Tensor, progress: float) -> torch.Tensor:
         rest = left.nonzero().squeeze(1)
         keep = torch.cat([keep, rest[torch.randperm(len(rest), device=score.device)[:drawn]]])
     return keep.sort().values
+
+
+def per_class_keep(score: torch.Tensor, y: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted positions of the `count` images to keep, the hardest by `score` within each class of
+    `y`, each class keeping the same share of its images (up to rounding): each image is placed by
+    its rank in its class over the class's size, and the `count` lowest places are kept."""
+    hardest_first = score.argsort(descending=True, stable=True)
+    grouped = hardest_first[y[hardest_first].argsort(stable=True)]  # by class, hardest first
+    sizes = torch.bincount(y)
+    starts = sizes.cumsum(0) - sizes
+    rank = torch.empty_like(grouped)
+    rank[grouped] = torch.arange(len(y), device=y.device) - starts[y[grouped]]
+    place = (rank + 0.5) / sizes[y]
+    return place.argsort(stable=True)[:count].sort().values
 
 
 def proxy_model(config, num_classes: int) -> FastNet:
@@ -143,7 +162,7 @@ class HardExampleFilter(BatchFilter):
         score = losses
         if c.filter_score == "cross_entropy" and c.label_smoothing:
             score = filter_losses(c, logits, y)
-        keep = ranked_keep(c, score.detach(), progress)
+        keep = ranked_keep(c, score.detach(), progress, y)
         if learn:
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
@@ -210,7 +229,8 @@ class LastLossFilter(BatchFilter):
         image's (dataset position `index`) last recorded loss."""
         last = self.last_loss[index]
         unseen = UNSEEN + torch.rand(len(y), device=last.device)  # the step seeded the generator
-        return ranked_keep(self.config, torch.where(last.isnan(), unseen, last), progress)
+        score = torch.where(last.isnan(), unseen, last)
+        return ranked_keep(self.config, score, progress, y)
 
     def observe(self, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Records the model's losses (its logits before the step) on the images it trained on,
