@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dawntrain.config import resolve
 from dawntrain.engine.build import build
+from dawntrain.engine.data_filter import per_class_keep, ranked_keep
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
 from dawntrain.train.loop import describe_run
@@ -63,6 +64,45 @@ def test_filter_random_keeps_the_hardest_part_and_draws_the_rest_from_what_it_le
         assert keep == sorted(set(keep)) and len(keep) == 8 and hardest <= set(keep)
         drawn.append(tuple(sorted(set(keep) - hardest)))
     assert len(set(drawn)) > 1  # ... and others for other seeds
+
+
+def per_class_reference(score: torch.Tensor, y: torch.Tensor, count: int) -> list[int]:
+    """The kept set by a plain loop: images placed by (rank in class + 0.5) / class size."""
+    places = []
+    for label in y.unique().tolist():
+        members = [i for i in range(len(y)) if y[i] == label]
+        members.sort(key=lambda i: -score[i].item())
+        places += [((rank + 0.5) / len(members), i) for rank, i in enumerate(members)]
+    return sorted(i for _, i in sorted(places)[:count])
+
+
+def test_filter_per_class_keeps_the_hardest_same_share_of_every_class():
+    torch.manual_seed(0)
+    y = torch.cat([torch.zeros(40), torch.ones(20), torch.full((4,), 2)]).long()
+    y = y[torch.randperm(len(y))]
+    score = torch.rand(len(y)) + (y == 2).float()  # class 2 hardest: a batch ranking keeps it all
+    keep = per_class_keep(score, y, 32)
+    assert keep.tolist() == per_class_reference(score, y, 32)
+    assert torch.bincount(y[keep]).tolist() == [20, 10, 2]
+    whole_batch = ranked_keep(resolve("fast", sets=["filter_keep=0.5"]), score, 0.0)
+    assert len(whole_batch) == 32 and torch.bincount(y[whole_batch])[2] == 4
+    per_class = resolve("fast", sets=["filter_keep=0.5", "filter_per_class=true"])
+    assert ranked_keep(per_class, score, 0.0, y).tolist() == keep.tolist()
+
+
+def test_the_last_loss_filter_keeps_each_classs_hardest_with_filter_per_class():
+    run = build(filtered_config("filter_by='last_loss'", "filter_per_class=true"), tiny_dataset())
+    x, y = first_batch(run)
+    index = run.dataset_index(0, 0)
+    run.filter.last_loss[index] = torch.rand(16)
+    keep = run.filter.pick(x, y, lr=0.1, global_step=0, index=index)
+    assert keep.tolist() == per_class_reference(run.filter.last_loss[index], y, 4)
+
+
+@pytest.mark.parametrize("other", ["filter_skip=0.1", "filter_random=0.1"])
+def test_filter_per_class_with_a_skipped_or_random_share_is_refused(other):
+    with pytest.raises(ConfigError, match="filter_per_class"):
+        resolve("fast", sets=["filter_keep=0.5", "filter_per_class=true", other])
 
 
 @pytest.mark.parametrize("score, hardest", [("loss", 0), ("cross_entropy", 1)])
