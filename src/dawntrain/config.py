@@ -111,7 +111,9 @@ class Config:
     # Keep the same share of each class in the batch (its hardest images), not the hardest of the
     # whole batch: a ranking by loss trains the hard classes more than the easy ones (on
     # fast-budget after epoch 3, 96% of the cats against 59% of the automobiles), which tilts the
-    # classes' prior away from the test set's. Needs filter_skip and filter_random at 0.
+    # classes' prior away from the test set's. On fast-budget it scored lower on every seed
+    # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps (docs/benchmarks.md,
+    # 2026-12-07). Needs filter_skip and filter_random at 0.
     filter_per_class: bool = False
     # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the
     # model's own loss on each image the last time it trained on it (unseen images first): no
