@@ -113,7 +113,7 @@ class Config:
     # fast-budget after epoch 3, 96% of the cats against 59% of the automobiles), which tilts the
     # classes' prior away from the test set's. On fast-budget it scored lower on every seed
     # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps (docs/benchmarks.md,
-    # 2026-12-07). Needs filter_skip and filter_random at 0.
+    # 2026-12-07). Needs filter_keep, and filter_skip and filter_random at 0.
     filter_per_class: bool = False
     # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the
     # model's own loss on each image the last time it trained on it (unseen images first): no
@@ -403,8 +403,9 @@ def _filter_checks(config: Config) -> list[tuple[bool, str]]:
             "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
         ),
         (
-            not config.filter_per_class or not (config.filter_skip or config.filter_random),
-            "filter_per_class needs filter_skip and filter_random at 0",
+            not config.filter_per_class
+            or (config.filter_keep and not (config.filter_skip or config.filter_random)),
+            "filter_per_class needs filter_keep, and filter_skip and filter_random at 0",
         ),
         (
             config.filter_side == 0 or config.filter_side >= 8,

@@ -99,10 +99,12 @@ def test_the_last_loss_filter_keeps_each_classs_hardest_with_filter_per_class():
     assert keep.tolist() == per_class_reference(run.filter.last_loss[index], y, 4)
 
 
-@pytest.mark.parametrize("other", ["filter_skip=0.1", "filter_random=0.1"])
-def test_filter_per_class_with_a_skipped_or_random_share_is_refused(other):
+@pytest.mark.parametrize(
+    "sets", [["filter_keep=0.5", "filter_skip=0.1"], ["filter_keep=0.5", "filter_random=0.1"], []]
+)
+def test_filter_per_class_without_a_kept_share_or_with_a_skipped_or_random_one_is_refused(sets):
     with pytest.raises(ConfigError, match="filter_per_class"):
-        resolve("fast", sets=["filter_keep=0.5", "filter_per_class=true", other])
+        resolve("fast", sets=[*sets, "filter_per_class=true"])
 
 
 @pytest.mark.parametrize("score, hardest", [("loss", 0), ("cross_entropy", 1)])
