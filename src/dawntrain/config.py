@@ -112,7 +112,7 @@ class Config:
     # whole batch: a ranking by loss trains the hard classes more than the easy ones (on
     # fast-budget after epoch 3, 96% of the cats against 59% of the automobiles), which tilts the
     # classes' prior away from the test set's. On fast-budget it scored lower on every seed
-    # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps (docs/benchmarks.md,
+    # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps (docs/benchmarks-log.md,
     # 2026-12-07). Needs filter_keep, and filter_skip and filter_random at 0.
     filter_per_class: bool = False
     # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the

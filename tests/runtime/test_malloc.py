@@ -33,7 +33,7 @@ print(faults, last * sum(sizes) // 4096)
 
 
 # Blocks that stay alive, so that each grows the heap, as a step does when a profiler's records
-# have split the blocks it freed (docs/benchmarks.md, 2026-12-05): fresh pages, unless
+# have split the blocks it freed (docs/benchmarks-log.md, 2026-12-05): fresh pages, unless
 # reserve_heap made the next ones resident first ("reserve"). Prints their faults and pages.
 GROWING_STEP = """
 import resource, sys, torch

@@ -204,9 +204,9 @@ class LastLossFilter(BatchFilter):
     the ranking drifts towards the least recently trained; filter_by = last_loss_ratio records
     each loss over the mean of its step's to take that drift out, so the images it leaves out
     stay out: on fast-budget, the easiest 24% of the set from epoch 3 on, which the model still
-    gets right at the end (docs/benchmarks.md, 2026-12-06 late). Under torchrun every rank
+    gets right at the end (docs/benchmarks-log.md, 2026-12-06 late). Under torchrun every rank
     records every rank's losses, so all hold the same table. At the proxy's 70% both ranked below
-    it on fast-budget (docs/benchmarks.md: Zen 3, and the ratio on Zen 5 too, 2026-12-06); the
+    it on fast-budget (docs/benchmarks-log.md: Zen 3, and the ratio on Zen 5 too, 2026-12-06); the
     ratio at 75%, which the FLOPs saved on the proxy pay for, scored level with it in less time
     and is the preset's."""
 
