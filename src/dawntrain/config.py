@@ -89,6 +89,10 @@ class Config:
     # The kept share at the end of training: it moves linearly from filter_keep at the first step
     # to this at the last; 0: filter_keep throughout (airbench96_faster's constant share).
     filter_keep_end: float = 0.0
+    # The first this many epochs train on every image of each batch, the filter ranking them only:
+    # the last-loss ranking has nothing to rank until each image has trained once, so in its
+    # first epoch it drops a random share. 0: the filter drops images from the first step.
+    filter_full_epochs: int = 0
     filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
     filter_train_every: int = 4
     # The side the proxy scores and trains at: larger batches are resized down to it (bilinear,
@@ -112,8 +116,9 @@ class Config:
     # whole batch: a ranking by loss trains the hard classes more than the easy ones (on
     # fast-budget after epoch 3, 96% of the cats against 59% of the automobiles), which tilts the
     # classes' prior away from the test set's. On fast-budget it scored lower on every seed
-    # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps (docs/benchmarks-log.md,
-    # 2026-12-07). Needs filter_keep, and filter_skip and filter_random at 0.
+    # (-0.30 with TTA over 3, Zen 5): the tilt towards the hard classes helps
+    # (docs/benchmarks-log.md, 2026-12-07). Needs filter_keep, and filter_skip and filter_random
+    # at 0.
     filter_per_class: bool = False
     # What does the ranking: proxy, the proxy above (airbench96_faster's), or last_loss, the
     # model's own loss on each image the last time it trained on it (unseen images first): no
@@ -401,6 +406,11 @@ def _filter_checks(config: Config) -> list[tuple[bool, str]]:
             config.filter_random == 0
             or 0 < config.filter_random < min(config.filter_keep, config.filter_keep_end or 1),
             "filter_random must be 0 or a share below the kept share (filter_keep, filter_keep_end)",
+        ),
+        (
+            0 <= config.filter_full_epochs < config.epochs
+            and (not config.filter_full_epochs or config.filter_keep),
+            "filter_full_epochs must be >= 0 and below epochs, and needs filter_keep",
         ),
         (
             not config.filter_per_class

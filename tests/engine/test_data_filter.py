@@ -195,6 +195,51 @@ def test_the_kept_share_moves_linearly_to_filter_keep_end_over_the_run():
     assert build(filtered_config(), tiny_dataset()).filter.keep_count(16, 0.9) == 4
 
 
+def test_the_first_filter_full_epochs_train_on_every_image_and_rank_all_of_them():
+    torch.manual_seed(0)
+    sets = ("filter_by='last_loss_ratio'", "epochs=3", "filter_full_epochs=1")
+    run = build(filtered_config(*sets), tiny_dataset())
+    seen = []
+    run.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+    stats = StepStats.zeros(run.device)
+    for epoch in range(3):
+        for step, (x, y) in enumerate(run.batches(epoch)):
+            run.step(stats, x, y, epoch, step)
+        if epoch == 0:  # every image trained once, so every one has a loss to rank by
+            assert not run.filter.last_loss.isnan().any()
+    assert seen == [16] * run.steps + [4] * (2 * run.steps)
+    assert describe_run(run, {"device": "cpu"}).count("(on all of it in the first 1 epoch(s))")
+
+
+def test_filter_full_epochs_are_charged_as_unfiltered_epochs():
+    from dawntrain.analysis.flop_count import run_flops
+    from dawntrain.models.fast import FastNet
+
+    model = FastNet(widths=(8, 16, 16), num_classes=5)
+    sets = ["epochs=3", "sanity_check=false", "filter_keep=0.25", "filter_by='last_loss'"]
+
+    def train(*more: str) -> float:
+        return run_flops(model, resolve("fast", sets=[*sets, *more]), (3, 32, 32), 10, 5)["train"]
+
+    one_epoch = run_flops(model, resolve("fast", sets=["epochs=1"]), (3, 32, 32), 10, 5)["train"]
+    assert train() == pytest.approx(3 * 0.25 * one_epoch)
+    assert train("filter_full_epochs=1") == pytest.approx((1 + 2 * 0.25) * one_epoch)
+    assert train("filter_full_epochs=2") == pytest.approx((2 + 0.25) * one_epoch)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["filter_full_epochs=1"],  # no filter
+        ["filter_keep=0.5", "filter_full_epochs=-1"],
+        ["filter_keep=0.5", "epochs=3", "filter_full_epochs=3"],  # nothing left to filter
+    ],
+)
+def test_full_epochs_without_a_filter_or_out_of_range_are_refused(sets):
+    with pytest.raises(ConfigError, match="filter_full_epochs must be >= 0"):
+        resolve("fast", sets=sets)
+
+
 def test_the_run_says_that_its_training_metrics_count_the_kept_images():
     env = {"device": "cpu"}
     filtered = describe_run(build(filtered_config(), tiny_dataset()), env)

@@ -23,9 +23,18 @@ from dawntrain.runtime import distributed
 from dawntrain.runtime.device import autocast, memory_format
 
 
+def in_full_epochs(config, progress: float) -> bool:
+    """Whether `progress` (the training done, 0 to 1) falls in the first config.filter_full_epochs
+    epochs, in which every image trains."""
+    return progress * config.epochs < config.filter_full_epochs
+
+
 def kept_share(config, progress: float) -> float:
-    """The share of a batch the model trains on at `progress` (the training done, 0 to 1):
-    config.filter_keep, moving linearly to config.filter_keep_end where that is set."""
+    """The share of a batch the model trains on at `progress` (the training done, 0 to 1): all of
+    it in_full_epochs, else config.filter_keep, moving linearly to config.filter_keep_end where
+    that is set."""
+    if in_full_epochs(config, progress):
+        return 1.0
     end = config.filter_keep_end or config.filter_keep
     return config.filter_keep + (end - config.filter_keep) * progress
 
@@ -38,12 +47,14 @@ def kept_count(config, n: int, progress: float = 0.0) -> int:
 def ranked_keep(
     config, score: torch.Tensor, progress: float, y: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Sorted positions of the share of a batch to train on, by `score` (higher: harder): the
-    kept share at `progress` below the config.filter_skip share of the very hardest, which
+    """Sorted positions of the share of a batch to train on, by `score` (higher: harder): every
+    position in_full_epochs; after them the kept share at `progress` below the config.filter_skip share of the very hardest, which
     neither trains; its last config.filter_random share drawn at random from the images the rest
     leaves (from the generator the step seeded). With config.filter_per_class, the hardest of each
     class by the labels `y`, each class keeping about the same share."""
     n, c = len(score), config
+    if in_full_epochs(c, progress):
+        return torch.arange(n, device=score.device)
     if c.filter_per_class:
         return per_class_keep(score, y, kept_count(c, n, progress))
     skip = round(c.filter_skip * n)

@@ -478,6 +478,8 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     share = " to ".join(f"{s - c.filter_random:.0%}" for s in hardest)
     share += f" after the {c.filter_skip:.0%} hardest, skipped," if c.filter_skip else ""
     share += f" and a random {c.filter_random:.0%} of the rest" if c.filter_random else ""
+    if c.filter_full_epochs:
+        share = f"{share} (on all of it in the first {c.filter_full_epochs} epoch(s))"
     ranker = (
         f"a {'/'.join(map(str, c.filter_widths))} proxy{side}"
         if c.filter_by == "proxy"
