@@ -208,7 +208,9 @@ def test_the_first_filter_full_epochs_train_on_every_image_and_rank_all_of_them(
         if epoch == 0:  # every image trained once, so every one has a loss to rank by
             assert not run.filter.last_loss.isnan().any()
     assert seen == [16] * run.steps + [4] * (2 * run.steps)
-    assert describe_run(run, {"device": "cpu"}).count("(on all of it in the first 1 epoch(s))")
+    assert "trains after 1 epoch on every image on the hardest 25% of each batch by its own" in (
+        describe_run(run, {"device": "cpu"})
+    )
 
 
 def test_filter_full_epochs_are_charged_as_unfiltered_epochs():

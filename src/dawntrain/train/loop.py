@@ -478,15 +478,16 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     share = " to ".join(f"{s - c.filter_random:.0%}" for s in hardest)
     share += f" after the {c.filter_skip:.0%} hardest, skipped," if c.filter_skip else ""
     share += f" and a random {c.filter_random:.0%} of the rest" if c.filter_random else ""
-    if c.filter_full_epochs:
-        share = f"{share} (on all of it in the first {c.filter_full_epochs} epoch(s))"
+    full = c.filter_full_epochs
+    full = f" after {full} epoch{'s' * (full > 1)} on every image" if full else ""
     ranker = (
         f"a {'/'.join(map(str, c.filter_widths))} proxy{side}"
         if c.filter_by == "proxy"
         else "its own loss when it last trained on each image"
     )
     kept = (
-        f"\ndata filtering: the model trains on the hardest {share} of each batch by {ranker}; "
+        f"\ndata filtering: the model trains{full} on the hardest {share} of each batch by "
+        f"{ranker}; "
         "train_loss and train_acc count those images"
         if c.filter_keep
         else ""
