@@ -179,15 +179,22 @@ def test_the_model_trains_on_the_kept_share_and_starts_from_the_same_weights():
     assert "filter" in run.state_dict()
 
 
+def trained_batch_sizes(run, epochs: range) -> list[int]:
+    """Trains `run` through `epochs`; the size of each batch the model trained on."""
+    seen = []
+    hook = run.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+    stats = StepStats.zeros(run.device)
+    for epoch in epochs:
+        for step, (x, y) in enumerate(run.batches(epoch)):
+            run.step(stats, x, y, epoch, step)
+    hook.remove()
+    return seen
+
+
 def test_the_kept_share_moves_linearly_to_filter_keep_end_over_the_run():
     torch.manual_seed(0)
     run = build(filtered_config("filter_keep=0.75", "filter_keep_end=0.25"), tiny_dataset())
-    seen = []
-    run.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
-    stats = StepStats.zeros(run.device)
-    for epoch in range(2):
-        for step, (x, y) in enumerate(run.batches(epoch)):
-            run.step(stats, x, y, epoch, step)
+    seen = trained_batch_sizes(run, range(2))
     total = 2 * run.steps
     assert seen == [round(16 * (0.75 - 0.5 * i / total)) for i in range(total)]
     assert seen[0] == 12 and seen[-1] < seen[0]
@@ -199,15 +206,9 @@ def test_the_first_filter_full_epochs_train_on_every_image_and_rank_all_of_them(
     torch.manual_seed(0)
     sets = ("filter_by='last_loss_ratio'", "epochs=3", "filter_full_epochs=1")
     run = build(filtered_config(*sets), tiny_dataset())
-    seen = []
-    run.model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
-    stats = StepStats.zeros(run.device)
-    for epoch in range(3):
-        for step, (x, y) in enumerate(run.batches(epoch)):
-            run.step(stats, x, y, epoch, step)
-        if epoch == 0:  # every image trained once, so every one has a loss to rank by
-            assert not run.filter.last_loss.isnan().any()
-    assert seen == [16] * run.steps + [4] * (2 * run.steps)
+    assert trained_batch_sizes(run, range(1)) == [16] * run.steps
+    assert not run.filter.last_loss.isnan().any()  # every image has a loss to rank by
+    assert trained_batch_sizes(run, range(1, 3)) == [4] * (2 * run.steps)
     assert "trains after 1 epoch on every image on the hardest 25% of each batch by its own" in (
         describe_run(run, {"device": "cpu"})
     )
