@@ -22,7 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from dawntrain.data.batches import train_side
-from dawntrain.engine.data_filter import kept_share, proxy_model
+from dawntrain.engine.data_filter import kept_share, proxy_model, proxy_passes
 from dawntrain.errors import ConfigError
 
 MATMUL = "matmul"
@@ -237,16 +237,15 @@ def run_flops(
     filtering = 0
     if config.filter_keep:
         # The model trains on the kept share, each epoch's at its middle (under a linear
-        # filter_keep_end schedule, the epoch's mean to within half a step); the proxy scores
-        # every image and, every filter_train_every steps, back-propagates through the whole
-        # batch (its loss masked).
+        # filter_keep_end schedule, the epoch's mean to within half a step); the proxy's
+        # proxy_passes on every image (its backward pass covers the whole batch, its loss masked).
         train_forward = epochs_forward(
             model, share=lambda e: kept_share(config, (e + 0.5) / epochs)
         )
         if config.filter_by == "proxy":
             proxy_side = config.filter_side or full
             proxy_forward = epochs_forward(proxy_model(config, _classes(model)), proxy_side)
-            filtering = round(proxy_forward * n_train * (1 + 2 / config.filter_train_every))
+            filtering = round(proxy_forward * n_train * proxy_passes(config))
     else:
         train_forward = epochs_forward(model)
     validations = sum(

@@ -15,7 +15,7 @@ from typing import Any
 from dawntrain.analysis.flop_count import flops
 from dawntrain.bench import accuracy
 from dawntrain.config import Config, apply, resolve, validate
-from dawntrain.engine.data_filter import proxy_model
+from dawntrain.engine.data_filter import proxy_model, proxy_passes
 from dawntrain.files import atomic_write
 from dawntrain.models import model_for
 
@@ -33,13 +33,13 @@ def _optimizer_swapped(config: Config) -> dict[str, Any]:
 
 
 def _proxy_epoch_share(config: Config) -> float:
-    """The proxy's FLOPs in an epoch as a share of a full unfiltered epoch's: it scores every
-    image and back-propagates every filter_train_every-th step (as run_flops counts it). At 32x32;
+    """The proxy's FLOPs in an epoch (its proxy_passes, as run_flops counts them) as a share of a
+    full unfiltered epoch's. At 32x32;
     the ratio of two networks of the same shape hardly moves with the side. 0 without a proxy."""
     if config.filter_by != "proxy":
         return 0.0
     shape = (3, 32, 32)
-    proxy = flops(proxy_model(config, 10), shape) * (1 + 2 / config.filter_train_every)
+    proxy = flops(proxy_model(config, 10), shape) * proxy_passes(config)
     return proxy / (3 * flops(model_for(config, 10), shape))
 
 

@@ -95,6 +95,12 @@ def proxy_model(config, num_classes: int) -> FastNet:
     )
 
 
+def proxy_passes(config) -> float:
+    """The proxy's work on each training image in forward passes: it scores every image (1) and,
+    on every filter_train_every-th step, back-propagates through the batch (2 more)."""
+    return 1 + 2 / config.filter_train_every
+
+
 class BatchFilter:
     """What a run asks of a data filter: `pick` a batch's share to train on, `observe` the
     model's logits on it, and a state for the checkpoint; the hooks here do nothing."""
