@@ -92,7 +92,8 @@ class Config:
     # The first this many epochs train on every image of each batch, the filter ranking them only:
     # the last-loss ranking has nothing to rank until each image has trained once, so in its
     # first epoch it drops a random share. 0: the filter drops images from the first step. On
-    # fast-budget 1 scored lower (-0.22 with TTA over 3 seeds, Zen 5, docs/benchmarks-log.md).
+    # fast-budget 1 scored lower (with TTA over 3 seeds, Zen 5: -0.22 against the preset's seeds
+    # 0-2, -0.09 against its 8-seed mean; docs/benchmarks-log.md, 2026-12-07).
     filter_full_epochs: int = 0
     filter_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
     filter_train_every: int = 4

@@ -34,8 +34,8 @@ def _optimizer_swapped(config: Config) -> dict[str, Any]:
 
 def _proxy_epoch_share(config: Config) -> float:
     """The proxy's FLOPs in an epoch (its proxy_passes, as run_flops counts them) as a share of a
-    full unfiltered epoch's. At 32x32;
-    the ratio of two networks of the same shape hardly moves with the side. 0 without a proxy."""
+    full unfiltered epoch's. At 32x32: the ratio of two networks of the same shape hardly moves
+    with the side. 0 without a proxy."""
     if config.filter_by != "proxy":
         return 0.0
     shape = (3, 32, 32)

@@ -26,7 +26,8 @@ from dawntrain.runtime.device import autocast, memory_format
 def in_full_epochs(config, progress: float) -> bool:
     """Whether `progress` (the training done, 0 to 1) falls in the first config.filter_full_epochs
     epochs, in which every image trains."""
-    return progress * config.epochs < config.filter_full_epochs
+    # 1e-9: an epoch's first step can land a rounding error under its epoch number.
+    return progress * config.epochs < config.filter_full_epochs - 1e-9
 
 
 def kept_share(config, progress: float) -> float:
@@ -48,10 +49,11 @@ def ranked_keep(
     config, score: torch.Tensor, progress: float, y: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Sorted positions of the share of a batch to train on, by `score` (higher: harder): every
-    position in_full_epochs; after them the kept share at `progress` below the config.filter_skip share of the very hardest, which
-    neither trains; its last config.filter_random share drawn at random from the images the rest
-    leaves (from the generator the step seeded). With config.filter_per_class, the hardest of each
-    class by the labels `y`, each class keeping about the same share."""
+    position in_full_epochs; after them the kept share at `progress` below the config.filter_skip
+    share of the very hardest, which neither trains; its last config.filter_random share drawn at
+    random from the images the rest leaves (from the generator the step seeded). With
+    config.filter_per_class, the hardest of each class by the labels `y`, each class keeping
+    about the same share."""
     n, c = len(score), config
     if in_full_epochs(c, progress):
         return torch.arange(n, device=score.device)
