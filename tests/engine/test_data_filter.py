@@ -214,6 +214,16 @@ def test_the_first_filter_full_epochs_train_on_every_image_and_rank_all_of_them(
     )
 
 
+def test_full_epochs_end_at_their_epochs_last_step_despite_rounding():
+    from dawntrain.engine.data_filter import in_full_epochs
+
+    # 23 epochs of 1 step: the 14th epoch's first step is at progress 13/23, and 13/23 * 23
+    # rounds to just under 13.
+    config = resolve("fast", sets=["epochs=23", "filter_keep=0.5", "filter_full_epochs=13"])
+    assert (13 / 23) * 23 < 13
+    assert in_full_epochs(config, 12 / 23) and not in_full_epochs(config, 13 / 23)
+
+
 def test_filter_full_epochs_are_charged_as_unfiltered_epochs():
     from dawntrain.analysis.flop_count import run_flops
     from dawntrain.models.fast import FastNet
