@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dawntrain.config import resolve
 from dawntrain.engine.build import build
-from dawntrain.engine.data_filter import per_class_keep, ranked_keep
+from dawntrain.engine.data_filter import in_full_epochs, per_class_keep, ranked_keep
 from dawntrain.engine.step import StepStats
 from dawntrain.errors import ConfigError
 from dawntrain.train.loop import describe_run
@@ -215,8 +215,6 @@ def test_the_first_filter_full_epochs_train_on_every_image_and_rank_all_of_them(
 
 
 def test_full_epochs_end_at_their_epochs_last_step_despite_rounding():
-    from dawntrain.engine.data_filter import in_full_epochs
-
     # 23 epochs of 1 step: the 14th epoch's first step is at progress 13/23, and 13/23 * 23
     # rounds to just under 13.
     config = resolve("fast", sets=["epochs=23", "filter_keep=0.5", "filter_full_epochs=13"])

@@ -478,8 +478,8 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     share = " to ".join(f"{s - c.filter_random:.0%}" for s in hardest)
     share += f" after the {c.filter_skip:.0%} hardest, skipped," if c.filter_skip else ""
     share += f" and a random {c.filter_random:.0%} of the rest" if c.filter_random else ""
-    full = c.filter_full_epochs
-    full = f" after {full} epoch{'s' * (full > 1)} on every image" if full else ""
+    n_full = c.filter_full_epochs
+    full = f" after {n_full} epoch{'s' * (n_full > 1)} on every image" if n_full else ""
     ranker = (
         f"a {'/'.join(map(str, c.filter_widths))} proxy{side}"
         if c.filter_by == "proxy"
@@ -487,8 +487,7 @@ def describe_run(run: Run, env: dict[str, Any]) -> str:
     )
     kept = (
         f"\ndata filtering: the model trains{full} on the hardest {share} of each batch by "
-        f"{ranker}; "
-        "train_loss and train_acc count those images"
+        f"{ranker}; train_loss and train_acc count those images"
         if c.filter_keep
         else ""
     )
