@@ -26,7 +26,7 @@ def test_unknown_key_suggests_the_nearest_name():
 def test_wrong_type_and_impossible_values():
     with pytest.raises(ConfigError, match="'epochs' must be int"):
         resolve("davidnet", sets=["epochs=ten"])
-    for bad in ["epochs=-1", "lr=0", "batch_size=0", "precision=fp8"]:
+    for bad in ["epochs=-1", "lr=0", "batch_size=0", "precision=fp8", "whiten_eps=0"]:
         with pytest.raises(ConfigError):
             resolve("davidnet", sets=[bad])
 

@@ -51,6 +51,9 @@ class Config:
     whiten: bool = (
         True  # first layer: frozen whitening filters from the data; False: a trained conv
     )
+    # Added to each patch eigenvalue before the whitening filters divide by its square root
+    # (airbench: 5e-4); larger damps the faintest directions, which on JPEG data are mostly noise.
+    whiten_eps: float = 5e-4
     dirac: bool = True  # conv filters start as identity on their first c_in outputs
     frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
     # FastNet pools 31x31 to 16x16 (ceil); False: to 15x15 as airbench, for 19% fewer FLOPs.
@@ -451,6 +454,7 @@ def validate(config: Config) -> Config:
             "whiten_bias_decay needs whiten_bias_epochs > 0 (the epochs over which its lr falls)",
         ),
         (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0 (0: throughout)"),
+        (config.whiten_eps > 0, "whiten_eps must be > 0 (airbench's 5e-4; it keeps 1/sqrt finite)"),
         (0 <= config.brightness < 1, "brightness must be in [0, 1) (shift in std units)"),
         (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),
         (config.weight_decay >= 0, "weight_decay must be >= 0"),

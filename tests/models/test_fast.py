@@ -50,8 +50,8 @@ def test_floor_pooling_gives_airbenchs_maps_and_flops():
 
 def test_whitening_filters_decorrelate_the_training_patches():
     images = correlated_images()
-    model = FastNet(widths=(8, 16, 16))
-    model.init_from_data(images, eps=0.0)
+    model = FastNet(widths=(8, 16, 16), whiten_eps=0.0)
+    model.init_from_data(images)
     with torch.no_grad():
         out = F.conv2d(images.double(), model.whiten.weight.double())  # no bias
     half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)  # the + filters; the rest are −
@@ -59,6 +59,24 @@ def test_whitening_filters_decorrelate_the_training_patches():
     torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=1e-6, rtol=0)
     torch.testing.assert_close(out[:, 12:], -out[:, :12])
     assert not model.whiten.weight.requires_grad
+
+
+def test_whiten_eps_shrinks_each_patch_direction_by_its_eigenvalue_over_that_plus_eps():
+    """With eps the whitened patches' variance along eigendirection i is l_i / (l_i + eps): the
+    faint directions (l_i << eps) are damped, the strong ones still come out at about 1."""
+    images = correlated_images()
+    eps = 0.05
+    model = FastNet(widths=(8, 16, 16), whiten_eps=eps)
+    model.init_from_data(images)
+    with torch.no_grad():
+        out = F.conv2d(images.double(), model.whiten.weight.double())[:, :12]
+    variances = torch.linalg.eigvalsh(torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1)))
+    # Reference: the patches' covariance straight from unfold, in float64.
+    patches = F.unfold(images.double(), 2).permute(1, 0, 2).reshape(12, -1)
+    eigenvalues = torch.linalg.eigvalsh(patches @ patches.T / patches.shape[1])
+    expected = (eigenvalues / (eigenvalues + eps)).sort().values
+    torch.testing.assert_close(variances, expected, atol=2e-3, rtol=0)
+    assert expected[0] < 0.5 < expected[-1]  # the images have directions on both sides of eps
 
 
 def test_dirac_init_passes_the_input_through():
@@ -136,3 +154,13 @@ def test_patch_covariance_in_chunks_is_the_straightforward_one():
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
     expected = patches.T @ patches / len(patches)
     torch.testing.assert_close(patch_covariance(images, k, chunk=10), expected, rtol=1e-12, atol=0)
+
+
+def test_the_configs_whiten_eps_reaches_the_model_and_the_proxy():
+    from dawntrain.config import resolve
+    from dawntrain.engine.data_filter import proxy_model
+    from dawntrain.models import model_for
+
+    config = resolve("fast-budget", sets=["whiten_eps=0.02", "filter_by=proxy"])
+    assert model_for(config, 10).whiten_eps == proxy_model(config, 10).whiten_eps == 0.02
+    assert model_for(resolve("fast-budget"), 10).whiten_eps == 5e-4  # airbench's

@@ -87,13 +87,14 @@ def per_class_keep(score: torch.Tensor, y: torch.Tensor, count: int) -> torch.Te
 
 
 def proxy_model(config, num_classes: int) -> FastNet:
-    """The proxy a config describes: FastNet at config.filter_widths with the model's activation
-    and pooling (its whitening, dirac init and frozen BatchNorm scale always on)."""
+    """The proxy a config describes: FastNet at config.filter_widths with the model's activation,
+    pooling and whitening eps (its whitening, dirac init and frozen BatchNorm scale always on)."""
     return FastNet(
         widths=tuple(config.filter_widths),
         num_classes=num_classes,
         ceil_pool=config.ceil_pool,
         activation=config.activation,
+        whiten_eps=config.whiten_eps,
     )
 
 

@@ -28,10 +28,10 @@ def build_model(
     dropout: float = 0.0,
     exact_dropout: bool = False,
     width_factor: float = 4.0,
-    **tricks: bool | str,
+    **tricks: bool | str | float,
 ) -> nn.Module:
-    """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool, activation) go to FastNet; the other
-    models take none. FastNet's blocks are (width, width_factor x width, width_factor x width) wide."""
+    """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool, activation, whiten_eps) go to FastNet;
+    the other models take none. FastNet's blocks are (width, width_factor x width, width_factor x width) wide."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
     elif name == "davidnet64":
@@ -66,6 +66,7 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
             frozen_bn_scale=config.frozen_bn_scale,
             ceil_pool=config.ceil_pool,
             activation=config.activation,
+            whiten_eps=config.whiten_eps,
         )
         if config.model == "fast"
         else {}

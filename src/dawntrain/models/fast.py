@@ -95,16 +95,19 @@ class FastNet(nn.Module):
         frozen_bn_scale: bool = True,
         ceil_pool: bool = True,
         activation: str = "gelu",
+        whiten_eps: float = 5e-4,
     ):
         """`whiten`, `dirac` and `frozen_bn_scale` switch the tricks off for ablations; with
         `whiten=False` the first layer is an ordinary trained conv and `init_from_data` is a no-op.
         `ceil_pool` False pools the 31x31 map to 15x15 (see ConvGroup). `activation` is the conv
-        groups'; the whitened patches always go through GELU."""
+        groups'; the whitened patches always go through GELU. `whiten_eps` is added to each
+        patch eigenvalue before the filters divide by its square root (see init_from_data)."""
         super().__init__()
         whiten_width = 2 * 3 * patch * patch
         self.whiten = nn.Conv2d(3, whiten_width, patch, bias=True)
         self.whiten.weight.requires_grad_(not whiten)
         self.use_whitening = whiten
+        self.whiten_eps = whiten_eps
         self.act = nn.GELU()
         tricks = (dirac, frozen_bn_scale, ceil_pool, activation)
         self.groups = nn.Sequential(
@@ -117,13 +120,16 @@ class FastNet(nn.Module):
         self.scale = scale
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening filters from normalized float NCHW training images."""
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Set the whitening filters from normalized float NCHW training images. whiten_eps caps
+        the gain of the faintest patch directions at 1/sqrt(whiten_eps): on JPEG images the two
+        faintest (colour detail inside 2x2 patches, mostly removed by the chroma subsampling) have
+        eigenvalues of about 1e-4, under airbench's 5e-4."""
         if not self.use_whitening:
             return
         covariance = patch_covariance(images, self.whiten.kernel_size[0])
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]
+        filters = eigenvectors.T / torch.sqrt(eigenvalues + self.whiten_eps)[:, None]
         filters = filters.reshape(-1, images.shape[1], *self.whiten.kernel_size)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
