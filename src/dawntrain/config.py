@@ -52,7 +52,8 @@ class Config:
         True  # first layer: frozen whitening filters from the data; False: a trained conv
     )
     # Added to each patch eigenvalue before the whitening filters divide by its square root
-    # (airbench: 5e-4); larger damps the faintest directions, which on JPEG data are mostly noise.
+    # (airbench: 5e-4); larger damps the faintest directions, which JPEG's chroma subsampling
+    # leaves near 1e-4. fast-budget with 5e-3: level over 8 seeds; 2e-2: lower (docs/recipes.md).
     whiten_eps: float = 5e-4
     dirac: bool = True  # conv filters start as identity on their first c_in outputs
     frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
