@@ -31,7 +31,8 @@ def build_model(
     **tricks: bool | str | float,
 ) -> nn.Module:
     """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool, activation, whiten_eps) go to FastNet;
-    the other models take none. FastNet's blocks are (width, width_factor x width, width_factor x width) wide."""
+    the other models take none. FastNet's blocks are (width, width_factor x width,
+    width_factor x width) wide."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)
     elif name == "davidnet64":
