@@ -15,6 +15,13 @@ def correlated_images(n: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.einsum("dc,nchw->ndhw", mix, x)  # channel correlation
 
 
+def straight_patch_covariance(images: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference for patch_covariance: every k x k patch in one float64 matrix."""
+    patches = images.double().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+    return patches.T @ patches / len(patches)
+
+
 def test_shapes_through_the_groups():
     model = FastNet(widths=(8, 16, 16)).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -71,9 +78,7 @@ def test_whiten_eps_shrinks_each_patch_direction_by_its_eigenvalue_over_that_plu
     with torch.no_grad():
         out = F.conv2d(images.double(), model.whiten.weight.double())[:, :12]
     variances = torch.linalg.eigvalsh(torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1)))
-    # Reference: the patches' covariance straight from unfold, in float64.
-    patches = F.unfold(images.double(), 2).permute(1, 0, 2).reshape(12, -1)
-    eigenvalues = torch.linalg.eigvalsh(patches @ patches.T / patches.shape[1])
+    eigenvalues = torch.linalg.eigvalsh(straight_patch_covariance(images, 2))
     expected = (eigenvalues / (eigenvalues + eps)).sort().values
     torch.testing.assert_close(variances, expected, atol=2e-3, rtol=0)
     assert expected[0] < 0.5 < expected[-1]  # the images have directions on both sides of eps
@@ -149,11 +154,8 @@ def test_silu_replaces_gelu_in_the_groups_only():
 def test_patch_covariance_in_chunks_is_the_straightforward_one():
     """Chunks that do not divide the images, against all patches in one float64 matrix."""
     images = correlated_images(n=37)
-    k = 2
-    patches = images.double().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
-    expected = patches.T @ patches / len(patches)
-    torch.testing.assert_close(patch_covariance(images, k, chunk=10), expected, rtol=1e-12, atol=0)
+    expected = straight_patch_covariance(images, 2)
+    torch.testing.assert_close(patch_covariance(images, 2, chunk=10), expected, rtol=1e-12, atol=0)
 
 
 def test_the_configs_whiten_eps_reaches_the_model_and_the_proxy():
