@@ -18,7 +18,7 @@ def correlated_images(n: int = 256, seed: int = 0) -> torch.Tensor:
 def straight_patch_covariance(images: torch.Tensor, k: int) -> torch.Tensor:
     """The reference for patch_covariance: every k x k patch in one float64 matrix."""
     patches = images.double().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
     return patches.T @ patches / len(patches)
 
 
