@@ -163,6 +163,10 @@ class Config:
     # original: loss summed over the batch, step lr = lr/batch_size, decay wd×batch_size (DavidNet).
     convention: str = "original"
     label_smoothing: float = 0.0
+    # Each image's target mixed with the model's softmax on it the last time it trained on it,
+    # the mix rising linearly from 0 to this over the run (engine/self_distill.py); 0: off.
+    # fast-budget at 0.3-0.8: lower (docs/recipes.md).
+    self_distill: float = 0.0
     bias_lr_scale: float = 1.0  # BatchNorm shifts (and the whitening bias) train with lr × this
     # The whitening layer's bias trains for this many epochs only (a fraction counts in steps:
     # hiverge trains it for 0.19 epochs); 0: throughout.
@@ -446,6 +450,7 @@ def validate(config: Config) -> Config:
         (round(config.width * config.width_factor) >= 1, "width x width_factor must be >= 1"),
         (0 <= config.dropout < 1, "dropout must be in [0, 1)"),
         (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 <= config.self_distill <= 1, "self_distill must be in [0, 1] (0: off)"),
         (0 < config.tta_below <= 1, "tta_below must be in (0, 1] (1: TTA on every image)"),
         (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
         (config.muon_ns_steps >= 1, "muon_ns_steps must be >= 1 (airbench94_muon: 3)"),

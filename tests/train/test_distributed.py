@@ -200,13 +200,17 @@ def test_a_data_filtered_fast_run_trains_on_two_ranks_and_resumes_in_one(tmp_pat
 
 
 def test_a_run_filtered_by_its_last_losses_records_every_ranks_images_on_two_ranks(tmp_path):
-    """Each rank trains on half of its shard of a batch; every rank records both ranks' losses,
-    so after two epochs the table holds more than the half of the data one rank trained on."""
+    """Each rank trains on half of its shard of a batch; every rank records both ranks' losses
+    (and, self-distilled, predictions), so after two epochs each table holds more than the half
+    of the data one rank trained on."""
     data = image_folder(tmp_path / "data")
     common = ["--data", str(data), "--preset", "fast", *TINY, "--set", "filter_keep=0.5"]
     common += ["--set", "filter_by='last_loss'", "--set", "lr_schedule=staircase"]
+    common += ["--set", "self_distill=0.5"]
     state, resumed = two_ranks_then_one(common, tmp_path)
     table = state["filter"]["last_loss"]
     assert state["world_size"] == 2 and table.isfinite().float().mean() > 0.5
+    predictions = state["distill"]["table"].isfinite().all(1)
+    assert torch.equal(predictions, table.isfinite())
     assert resumed["epoch"] == 3
     assert resumed["filter"]["last_loss"].isfinite().sum() >= table.isfinite().sum()

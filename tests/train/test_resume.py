@@ -218,3 +218,20 @@ def test_a_run_filtered_by_its_own_last_losses_resumes_exactly_with_them(tmp_pat
     tables = [final_state(tmp_path / d)["filter"]["last_loss"] for d in ("full", "part")]
     assert tables[0].isfinite().any()
     assert torch.equal(tables[0].nan_to_num(-1.0), tables[1].nan_to_num(-1.0))
+
+
+def test_a_self_distilled_run_resumes_exactly_with_its_past_predictions(tmp_path):
+    """The table of each image's last predictions travels in the checkpoint: the resumed run
+    builds the same targets and ends with the same weights and the same table."""
+    sets = [
+        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
+        "precision=fp32", "self_distill=0.5", "muon_ns_steps=3", "checkpoint_every_steps=1",
+    ]  # fmt: skip
+
+    def distilled(out):
+        return resolve("fast", sets=sets, overrides={"out": str(out)})
+
+    crash_and_resume(distilled, tmp_path, after_steps=3, saved_at=(0, 2))
+    tables = [final_state(tmp_path / d)["distill"]["table"] for d in ("full", "part")]
+    assert tables[0].isfinite().all()
+    assert torch.equal(tables[0], tables[1])

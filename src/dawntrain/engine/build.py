@@ -41,6 +41,7 @@ from dawntrain.engine.lookahead import Lookahead
 from dawntrain.engine.nonfinite import SkipNonFinite
 from dawntrain.engine.optim import fade_group, freeze_group, make_optimizer, set_lr, step_lr
 from dawntrain.engine.schedules import Staircase, one_cycle
+from dawntrain.engine.self_distill import PastPredictions
 from dawntrain.engine.step import StepStats, loss_fn, train_step
 from dawntrain.errors import DawntrainError
 from dawntrain.models import input_size, model_for
@@ -160,6 +161,8 @@ class Run:
     ema: ModelEMA | None = None  # config.ema: an average of the weights, evaluated beside them
     # config.filter_keep: what picks the share of each batch the model trains on (config.filter_by).
     filter: data_filter.BatchFilter | None = None
+    # config.self_distill: each image's last predictions, mixed into its target.
+    distill: PastPredictions | None = None
 
     @property
     def device(self) -> torch.device:
@@ -255,17 +258,22 @@ class Run:
         if self.skipper is not None:
             self.skipper.save()
         x = self.inputs(x, epoch, step)
-        if self.filter is not None:
+        progress = global_step / (steps * c.epochs)
+        if self.filter is not None or self.distill is not None:
             index = self.dataset_index(epoch, step)
-            progress = global_step / (steps * c.epochs)
+        if self.filter is not None:
             keep = self.filter.pick(x, y, lr, global_step, progress, index)
             x, y = x[keep].contiguous(memory_format=memory_format(c.channels_last)), y[keep]
+            index = index[keep]
+        target = y if self.distill is None else self.distill.targets(index, y, progress)
         loss, logits = train_step(
-            self.model, self.forward, self.optimizer, self.scaler, x, y, self.precision,
+            self.model, self.forward, self.optimizer, self.scaler, x, target, self.precision,
             c.label_smoothing, grad_scale=self.world.size, loss=self.loss,
         )  # fmt: skip
         if self.filter is not None:
-            self.filter.observe(index[keep], logits, y)
+            self.filter.observe(index, logits, y)
+        if self.distill is not None:
+            self.distill.observe(index, logits)
         with torch.no_grad():
             bad = ~torch.isfinite(loss)
             if self.skipper is not None:
@@ -324,6 +332,8 @@ class Run:
             state["ema"] = self.ema.state_dict()
         if self.filter is not None:
             state["filter"] = self.filter.state_dict()
+        if self.distill is not None:
+            state["distill"] = self.distill.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,6 +346,8 @@ class Run:
             self.ema.load_state_dict(state["ema"])
         if self.filter is not None:
             self.filter.load_state_dict(state["filter"])
+        if self.distill is not None:
+            self.distill.load_state_dict(state["distill"])
 
 
 def build(
@@ -389,6 +401,11 @@ def build(
         forward = torch.compile(forward)
     # Copied after DDP's construction, which broadcasts rank 0's weights into every rank's model.
     ema = ModelEMA(model, config.ema, config.ema_every, config.ema_warmup) if config.ema else None
+    distill = None
+    if config.self_distill:
+        distill = PastPredictions(
+            config.self_distill, len(train_y), len(splits.class_names), world, batch
+        )
     return Run(
         config=config,
         world=world,
@@ -409,4 +426,5 @@ def build(
         val_y=val_y.long(),
         ema=ema,
         filter=hard_filter,
+        distill=distill,
     )
