@@ -55,6 +55,9 @@ class Config:
     # (airbench: 5e-4); larger damps the faintest directions, which JPEG's chroma subsampling
     # leaves near 1e-4. fast-budget with 5e-3: level over 8 seeds; 2e-2: lower (docs/recipes.md).
     whiten_eps: float = 5e-4
+    # FastNet's BatchNorm statistics from ghost batches of about this many images (0: the
+    # batch's); fast-budget with 64: level over 4 seeds (docs/recipes.md).
+    ghost_batch: int = 0
     dirac: bool = True  # conv filters start as identity on their first c_in outputs
     frozen_bn_scale: bool = True  # BatchNorm scale fixed at 1, only its shift trains
     # FastNet pools 31x31 to 16x16 (ceil); False: to 15x15 as airbench, for 19% fewer FLOPs.
@@ -460,6 +463,7 @@ def validate(config: Config) -> Config:
             "whiten_bias_decay needs whiten_bias_epochs > 0 (the epochs over which its lr falls)",
         ),
         (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0 (0: throughout)"),
+        (config.ghost_batch >= 0, "ghost_batch must be >= 0 (0: statistics of the whole batch)"),
         (config.whiten_eps > 0, "whiten_eps must be > 0 (airbench's 5e-4; it keeps 1/sqrt finite)"),
         (0 <= config.brightness < 1, "brightness must be in [0, 1) (shift in std units)"),
         (0 <= config.contrast < 1, "contrast must be in [0, 1) (scale in 1 ± contrast)"),

@@ -166,3 +166,60 @@ def test_the_configs_whiten_eps_reaches_the_model_and_the_proxy():
     config = resolve("fast-budget", sets=["whiten_eps=0.02", "filter_by=proxy"])
     assert model_for(config, 10).whiten_eps == proxy_model(config, 10).whiten_eps == 0.02
     assert model_for(resolve("fast-budget"), 10).whiten_eps == 5e-4  # airbench's
+
+
+def test_ghost_batchnorm_normalises_each_part_as_batchnorm_does_and_averages_their_statistics():
+    """Against one float64 BatchNorm per part: outputs, gradients, and the running statistics
+    moved by the mean of the parts' (32 images at ghost 16: two parts)."""
+    from dawntrain.models.fast import GhostBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    ghost = GhostBatchNorm(8, 16, momentum=0.4, eps=1e-5).double()
+    torch.nn.init.normal_(ghost.bias)
+    parts = [torch.nn.BatchNorm2d(8, momentum=0.4, eps=1e-5).double() for _ in range(2)]
+    for bn in parts:
+        bn.load_state_dict(ghost.state_dict())
+    x_ref = x.detach().clone().requires_grad_(True)
+    expected = torch.cat([bn(h) for bn, h in zip(parts, x_ref.split(16))])
+    y = ghost(x)
+    torch.testing.assert_close(y, expected)
+    (y * expected.detach()).sum().backward()
+    (expected * expected.detach()).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for name in ("running_mean", "running_var"):
+        mean_of_parts = (getattr(parts[0], name) + getattr(parts[1], name)) / 2
+        torch.testing.assert_close(getattr(ghost, name), mean_of_parts)
+
+
+def test_ghost_batchnorm_is_batchnorm_when_off_too_small_or_evaluating():
+    from dawntrain.models.fast import GhostBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, 3, 3)
+    for ghost, train in ((0, True), (8, True), (4, False)):  # 12 images < 2 ghost batches of 8
+        bn, reference = GhostBatchNorm(4, ghost), torch.nn.BatchNorm2d(4)
+        bn.train(train), reference.train(train)
+        torch.testing.assert_close(bn(x), reference(x))
+        torch.testing.assert_close(bn.running_var, reference.running_var)
+
+
+def test_ghost_batchnorm_keeps_bf16_channels_last_and_splits_into_equal_parts():
+    from dawntrain.models.fast import GhostBatchNorm
+
+    x = torch.randn(30, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    bn = GhostBatchNorm(4, 8)  # 30 images: 3 parts of 10 (30 // 8 = 3 divides 30)
+    y = bn(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    parts = y.float().view(3, 10, 4, 3, 3)
+    torch.testing.assert_close(parts.mean((1, 3, 4)), torch.zeros(3, 4), atol=2e-2, rtol=0)
+
+
+def test_the_configs_ghost_batch_reaches_every_batchnorm_of_the_model():
+    from dawntrain.config import resolve
+    from dawntrain.models import model_for
+    from dawntrain.models.fast import GhostBatchNorm
+
+    model = model_for(resolve("fast-budget", sets=["ghost_batch=64"]), 10)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(isinstance(m, GhostBatchNorm) and m.ghost == 64 for m in norms)

@@ -68,6 +68,7 @@ def model_for(config: Config, num_classes: int, exact_dropout: bool | None = Non
             ceil_pool=config.ceil_pool,
             activation=config.activation,
             whiten_eps=config.whiten_eps,
+            ghost_batch=config.ghost_batch,
         )
         if config.model == "fast"
         else {}
