@@ -202,36 +202,32 @@ def test_a_data_filtered_run_resumes_exactly_with_its_proxy(tmp_path):
         assert torch.equal(v, proxies[1][k]), k
 
 
+def resumes_with_its_table(tmp_path, extra: list[str], key: str, table: str) -> torch.Tensor:
+    """A tiny `fast` run with `extra` settings, crashed after 3 steps and resumed, ends with the
+    whole run's weights and the same per-image table (state[key][table]); returns that table."""
+    sets = [
+        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
+        "precision=fp32", "muon_ns_steps=3", "checkpoint_every_steps=1", *extra,
+    ]  # fmt: skip
+
+    def make(out):
+        return resolve("fast", sets=sets, overrides={"out": str(out)})
+
+    crash_and_resume(make, tmp_path, after_steps=3, saved_at=(0, 2))
+    tables = [final_state(tmp_path / d)[key][table] for d in ("full", "part")]
+    assert torch.equal(tables[0].nan_to_num(-1.0), tables[1].nan_to_num(-1.0))
+    return tables[0]
+
+
 def test_a_run_filtered_by_its_own_last_losses_resumes_exactly_with_them(tmp_path):
     """The table of each image's last loss travels in the checkpoint: a resumed run ranks its
     batches as the whole run does and ends with the same weights and the same table."""
-    sets = [
-        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
-        "precision=fp32", "filter_keep=0.5", "filter_by='last_loss'", "muon_ns_steps=3",
-        "checkpoint_every_steps=1",
-    ]  # fmt: skip
-
-    def filtered(out):
-        return resolve("fast", sets=sets, overrides={"out": str(out)})
-
-    crash_and_resume(filtered, tmp_path, after_steps=3, saved_at=(0, 2))
-    tables = [final_state(tmp_path / d)["filter"]["last_loss"] for d in ("full", "part")]
-    assert tables[0].isfinite().any()
-    assert torch.equal(tables[0].nan_to_num(-1.0), tables[1].nan_to_num(-1.0))
+    extra = ["filter_keep=0.5", "filter_by='last_loss'"]
+    assert resumes_with_its_table(tmp_path, extra, "filter", "last_loss").isfinite().any()
 
 
 def test_a_self_distilled_run_resumes_exactly_with_its_past_predictions(tmp_path):
     """The table of each image's last predictions travels in the checkpoint: the resumed run
     builds the same targets and ends with the same weights and the same table."""
-    sets = [
-        "width=4", "epochs=2", "batch_size=16", "sanity_check=false", "quiet=true",
-        "precision=fp32", "self_distill=0.5", "muon_ns_steps=3", "checkpoint_every_steps=1",
-    ]  # fmt: skip
-
-    def distilled(out):
-        return resolve("fast", sets=sets, overrides={"out": str(out)})
-
-    crash_and_resume(distilled, tmp_path, after_steps=3, saved_at=(0, 2))
-    tables = [final_state(tmp_path / d)["distill"]["table"] for d in ("full", "part")]
-    assert tables[0].isfinite().all()
-    assert torch.equal(tables[0], tables[1])
+    table = resumes_with_its_table(tmp_path, ["self_distill=0.5"], "distill", "table")
+    assert table.isfinite().all()

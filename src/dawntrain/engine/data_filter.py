@@ -258,22 +258,11 @@ class LastLossFilter(BatchFilter):
         a non-finite loss leaves the old one."""
         losses = filter_losses(self.config, logits.detach(), y)
         if self.world.active:
-            index, losses = self._every_ranks(index, losses)
+            index, losses = distributed.all_gather_indexed(index, losses, self.rank_batch)
         ok = losses.isfinite()
         if self.config.filter_by == "last_loss_ratio":
             losses = losses / losses[ok].mean().clamp_min(1e-12)
         self.last_loss[index[ok]] = losses[ok]
-
-    def _every_ranks(
-        self, index: torch.Tensor, losses: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank's (positions, losses) of the step: one gather of a rank's share of the
-        batch at most, padded (float64 holds the positions exactly), not of the whole table."""
-        rows = torch.full((2, self.rank_batch), -1.0, dtype=torch.float64, device=losses.device)
-        rows[0, : len(index)], rows[1, : len(index)] = index, losses
-        index, losses = distributed.all_gather(rows).transpose(0, 1).flatten(1)
-        mine = index >= 0
-        return index[mine].long(), losses[mine].float()
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_loss": self.last_loss}

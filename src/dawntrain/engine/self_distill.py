@@ -41,20 +41,9 @@ class PastPredictions:
         rows that are not finite keep the old prediction."""
         probs = logits.detach().float().softmax(1)
         if self.world.active:
-            index, probs = self._every_ranks(index, probs)
+            index, probs = distributed.all_gather_indexed(index, probs, self.rank_batch)
         ok = probs.isfinite().all(1)
         self.table[index[ok]] = probs[ok]
-
-    def _every_ranks(
-        self, index: torch.Tensor, probs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank's (positions, probabilities) of the step, padded to a rank's share."""
-        k = probs.shape[1]
-        rows = torch.full((self.rank_batch, 1 + k), -1.0, dtype=torch.float64, device=probs.device)
-        rows[: len(index), 0], rows[: len(index), 1:] = index.float(), probs
-        rows = distributed.all_gather(rows).reshape(-1, 1 + k)
-        mine = rows[:, 0] >= 0
-        return rows[mine, 0].long(), rows[mine, 1:].float()
 
     def state_dict(self) -> dict[str, Any]:
         return {"table": self.table}

@@ -7,6 +7,7 @@ here touches torch.distributed. NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -113,6 +114,21 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     rows = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, tensor.contiguous())
     return torch.stack(rows)
+
+
+def all_gather_indexed(
+    index: torch.Tensor, values: torch.Tensor, most: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (dataset positions `index`, `values` one row or number per position), in
+    rank order: one gather of `most` rows a rank (a rank's share of the batch at most), padded,
+    not of a whole per-image table. float64 carries the positions exactly."""
+    flat = values.reshape(len(index), math.prod(values.shape[1:]))
+    rows = torch.full((most, 1 + flat.shape[1]), -1.0, dtype=torch.float64, device=values.device)
+    rows[: len(index), 0], rows[: len(index), 1:] = index, flat
+    rows = all_gather(rows).flatten(0, 1)
+    mine = rows[:, 0] >= 0
+    gathered = rows[mine, 1:].to(values.dtype)
+    return rows[mine, 0].long(), gathered.reshape(-1, *values.shape[1:])
 
 
 def barrier() -> None:
