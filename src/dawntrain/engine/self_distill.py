@@ -32,8 +32,7 @@ class PastPredictions:
         past = self.table[index]
         seen = ~past[:, 0].isnan()
         mix = self.alpha * progress
-        soft = torch.where(seen[:, None], (1 - mix) * onehot + mix * past.nan_to_num(), onehot)
-        return soft
+        return torch.where(seen[:, None], (1 - mix) * onehot + mix * past.nan_to_num(), onehot)
 
     @torch.no_grad()
     def observe(self, index: torch.Tensor, logits: torch.Tensor) -> None:

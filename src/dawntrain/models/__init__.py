@@ -30,8 +30,8 @@ def build_model(
     width_factor: float = 4.0,
     **tricks: bool | str | float,
 ) -> nn.Module:
-    """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool, activation, whiten_eps) go to FastNet;
-    the other models take none. FastNet's blocks are (width, width_factor x width,
+    """`tricks` (whiten, dirac, frozen_bn_scale, ceil_pool, activation, whiten_eps, ghost_batch)
+    go to FastNet; the other models take none. FastNet's blocks are (width, width_factor x width,
     width_factor x width) wide."""
     if name == "davidnet":
         model = DavidNet(c=width, dropout=dropout, num_classes=num_classes)

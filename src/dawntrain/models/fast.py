@@ -141,7 +141,9 @@ class FastNet(nn.Module):
         `whiten=False` the first layer is an ordinary trained conv and `init_from_data` is a no-op.
         `ceil_pool` False pools the 31x31 map to 15x15 (see ConvGroup). `activation` is the conv
         groups'; the whitened patches always go through GELU. `whiten_eps` is added to each
-        patch eigenvalue before the filters divide by its square root (see init_from_data)."""
+        patch eigenvalue before the filters divide by its square root (see init_from_data).
+        `ghost_batch` > 0: the groups' BatchNorm statistics from parts of about that many images
+        (GhostBatchNorm)."""
         super().__init__()
         whiten_width = 2 * 3 * patch * patch
         self.whiten = nn.Conv2d(3, whiten_width, patch, bias=True)
