@@ -233,7 +233,7 @@ class LastLossFilter(BatchFilter):
     def __init__(self, config, n_train: int, world, batch: int):
         super().__init__(config)
         self.world = world
-        self.rank_batch = -(-batch // world.size)  # the most images one rank's share holds
+        self.batch = batch
         self.last_loss = torch.full((n_train,), float("nan"), device=world.device)
 
     def pick(
@@ -258,7 +258,7 @@ class LastLossFilter(BatchFilter):
         a non-finite loss leaves the old one."""
         losses = filter_losses(self.config, logits.detach(), y)
         if self.world.active:
-            index, losses = distributed.all_gather_indexed(index, losses, self.rank_batch)
+            index, losses = distributed.all_gather_indexed(index, losses, self.batch)
         ok = losses.isfinite()
         if self.config.filter_by == "last_loss_ratio":
             losses = losses / losses[ok].mean().clamp_min(1e-12)

@@ -22,7 +22,7 @@ class PastPredictions:
     def __init__(self, alpha: float, n_train: int, num_classes: int, world, batch: int):
         self.alpha = alpha
         self.world = world
-        self.rank_batch = -(-batch // world.size)
+        self.batch = batch
         self.table = torch.full((n_train, num_classes), float("nan"), device=world.device)
 
     def targets(self, index: torch.Tensor, y: torch.Tensor, progress: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ class PastPredictions:
         rows that are not finite keep the old prediction."""
         probs = logits.detach().float().softmax(1)
         if self.world.active:
-            index, probs = distributed.all_gather_indexed(index, probs, self.rank_batch)
+            index, probs = distributed.all_gather_indexed(index, probs, self.batch)
         ok = probs.isfinite().all(1)
         self.table[index[ok]] = probs[ok]
 

@@ -117,11 +117,13 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_indexed(
-    index: torch.Tensor, values: torch.Tensor, most: int
+    index: torch.Tensor, values: torch.Tensor, batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's (dataset positions `index`, `values` one row or number per position), in
-    rank order: one gather of `most` rows a rank (a rank's share of the batch at most), padded,
-    not of a whole per-image table. float64 carries the positions exactly."""
+    """Every rank's (dataset positions `index`, `values` one row or number per position) of a
+    step of the global `batch`, in rank order: one gather of a rank's largest share of the batch,
+    padded, not of a whole per-image table. float64 carries the positions exactly."""
+    size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    most = -(-batch // size)
     flat = values.reshape(len(index), math.prod(values.shape[1:]))
     rows = torch.full((most, 1 + flat.shape[1]), -1.0, dtype=torch.float64, device=values.device)
     rows[: len(index), 0], rows[: len(index), 1:] = index, flat
