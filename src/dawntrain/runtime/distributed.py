@@ -101,15 +101,21 @@ def cleanup(world: World) -> None:
 MAX = dist.ReduceOp.MAX
 
 
+def _grouped() -> bool:
+    """Whether this process is in a process group (torchrun), which the collectives below need;
+    without one each acts as on a single rank."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if _grouped():
         dist.all_reduce(tensor, op=op)
     return tensor
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor`, stacked in rank order (one process: `tensor[None]`)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _grouped():
         return tensor[None].clone()
     rows = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, tensor.contiguous())
@@ -122,7 +128,7 @@ def all_gather_indexed(
     """Every rank's (dataset positions `index`, `values` one row or number per position) of a
     step of the global `batch`, in rank order: one gather of a rank's largest share of the batch,
     padded, not of a whole per-image table. float64 carries the positions exactly."""
-    size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    size = dist.get_world_size() if _grouped() else 1
     most = -(-batch // size)
     flat = values.reshape(len(index), math.prod(values.shape[1:]))
     rows = torch.full((most, 1 + flat.shape[1]), -1.0, dtype=torch.float64, device=values.device)
@@ -134,13 +140,13 @@ def all_gather_indexed(
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _grouped():
         dist.barrier()
 
 
 def broadcast_object(obj):
     """Rank 0's value of a picklable object, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _grouped():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
