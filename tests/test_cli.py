@@ -93,11 +93,15 @@ def test_print_config_presets_and_summary(capsys):
     assert "Trainable params: 6,573,120" in out and "(512, 4, 4)" in out and "(10,)" in out
 
 
-def test_presets_show_their_whole_description(capsys):
+def test_presets_show_each_files_first_paragraph_and_where_the_rest_is(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    assert "Measured on 2 CPU cores" in out  # fast.toml's third comment line
+    assert "Measured on 2 Xeon-AMX cores" in out  # fast.toml's third comment line
     assert "weight_decay = 0 reproduces it" in out  # davidnet.toml's last
+    assert "this tool's per-example convention" not in out  # fast.toml's reasons, after a bare '#'
+    assert "1.4648e-3 per example" not in out  # fast-sgd.toml's
+    assert "Why not otherwise" not in out  # fast-budget.toml's
+    assert re.search(r"reasons for its values: .*presets/NAME\.toml$", out.strip())
 
 
 def test_summary_columns_title_input_size_and_flops(capsys):

@@ -198,19 +198,28 @@ def _check_init_source(cfg) -> None:
     init_from.check_architecture(checkpoint.load(path)["config"], cfg, path)
 
 
+def _preset_description(path: Path) -> list[str]:
+    """The preset file's first comment paragraph: what it is. After a bare `#` come the reasons
+    for its values, which are for whoever changes it and stay in the file."""
+    about = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#") or line.strip() == "#":
+            break
+        about.append(line[1:].strip())
+    return about or [""]
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from dawntrain.config import presets
 
-    for name, path in sorted(presets().items()):
-        about = []
-        for line in path.read_text().splitlines():
-            if not line.startswith("#"):
-                break
-            about.append(line[1:].strip())
-        first, *rest = about or [""]
+    files = presets()
+    for name, path in sorted(files.items()):
+        first, *rest = _preset_description(path)
         print(f"{name:<22} {first}")
         for line in rest:
             print(f"{'':<22} {line}".rstrip())
+    folder = next(iter(files.values())).parent
+    print(f"\nEach preset's file, with the reasons for its values: {folder}/NAME.toml")
     return 0
 
 
