@@ -161,7 +161,7 @@ class CrossRankBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized()):
+        if not (self.training and _grouped()):
             return super().forward(x)
         xf = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
