@@ -94,7 +94,7 @@ def test_a_run_records_the_share_and_eval_reproduces_it(tmp_path, capsys):
 
 
 def test_eval_prints_the_share_that_took_the_views():
-    from dawntrain.cli import format_evaluation
+    from dawntrain.cli.checkpoints import format_evaluation
 
     figures = {"loss": 0.5, "acc": 0.9, "top5": 0.99, "examples": 100}
     result = {**figures, "split": "test", "source": "cifar10"}
