@@ -4,7 +4,9 @@
 # throughput for davidnet and fast (each beside the same run's matmul peak), bench profile of
 # davidnet, fast and fast-budget's 32x32 step, and fast-budget's 3 seeds timed as whole processes;
 # with AIRBENCH set, the public airbench94_muon timed between them with the same allocator
-# setting. 34 minutes whole, airbench94_muon included, on 2 Zen 5 cores (2026-12-06).
+# setting, in bf16 where dawntrain's `auto` precision is bf16 and in fp32 (BF16=0) where the CPU
+# only emulates bf16 (Zen 3: a matmul at 0.3 GFLOP/s), so both sides run the same precision.
+# 34 minutes whole, airbench94_muon included, on 2 Zen 5 cores (2026-12-06).
 #
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash scripts/cpu_check.sh [OUT_DIR]
 #   AIRBENCH=path/to/folder bash scripts/cpu_check.sh   # airbench94_muon.py patched and its cifar10/
@@ -18,9 +20,9 @@ py=${PYTHON:-python}
 # The widest bf16 path and the CPU's vendor, family and model: "avx512bf16-amd-f26m2",
 # "amx-intel-f6m143". The family and model tell generations apart that share the flags (Zen 4 and
 # Zen 5 both have AVX-512 bf16; Zen 5's bf16 matmul is 2.0-2.4x Zen 4's).
-read -r kind cpu < <("$py" -c 'import torch
-from dawntrain.runtime.device import cpu_kind_slug, describe
-print(cpu_kind_slug(), describe(torch.device("cpu")))')
+read -r kind bf16 cpu < <("$py" -c 'import torch
+from dawntrain.runtime.device import cpu_has_bf16, cpu_kind_slug, describe
+print(cpu_kind_slug(), int(cpu_has_bf16()), describe(torch.device("cpu")))')
 [ -n "$kind" ] || { echo "cpu_check: $py cannot import dawntrain; install it first (README)" >&2; exit 2; }
 out=${1:-benchmarks/results/$kind-$(date +%Y%m%d-%H%M%S)}
 data=${DATA:-cifar10}
@@ -52,9 +54,10 @@ for seed in $seeds; do
     timed "fast-budget-s$seed" "$py" -m dawntrain train --preset fast-budget --seed "$seed" \
         --data "$data" --out "$out/runs/fast-budget-s$seed" "${train[@]}"
     if [ "$seed" = 0 ] && [ -n "${AIRBENCH:-}" ]; then
-        step "airbench94_muon in $AIRBENCH"
-        (cd "$AIRBENCH" && MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 \
-            THREADS=$(nproc) /usr/bin/time -v "$py" airbench94_muon.py) > "$out/airbench94_muon.txt" 2>&1
+        step "airbench94_muon in $AIRBENCH (BF16=${BF16:-$bf16})"
+        (cd "$AIRBENCH" && BF16=${BF16:-$bf16} MALLOC_MMAP_THRESHOLD_=1073741824 \
+            MALLOC_TRIM_THRESHOLD_=2147483647 THREADS=$(nproc) /usr/bin/time -v "$py" airbench94_muon.py) \
+            > "$out/airbench94_muon.txt" 2>&1
     fi
 done
 grep -h "with TTA" "$out"/fast-budget-s*.txt | tee -a "$out/log.txt" || true
