@@ -61,9 +61,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, help="seed of the initial weights, order and crops (default 0)"
     )
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda if any)"
-    )
+    device_option(p)
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
