@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks in one run on one GPU (about 8 minutes on an A100-class GPU), every output
 # under one folder: the data decoded once, the CUDA tests, bench throughput for davidnet and
-# fast, 3 seeds of fast on CIFAR-10, and fast once each in bf16 and fp16. Without a CUDA device
-# it says so and exits 0.
+# fast (fast also with cuDNN's algorithm search), 3 seeds of fast on CIFAR-10, and fast once each
+# in bf16 and fp16. Without a CUDA device it says so and exits 0.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]       # default benchmarks/results/gpu-<timestamp>
 #   DATA=path/to/cifar-10-python.tar.gz bash scripts/gpu_check.sh
@@ -75,6 +75,10 @@ for preset in davidnet fast; do
         --preset "$preset" --device "$device" "${bench[@]}" "${small[@]}" \
         --results "$out"
 done
+# cuDNN's algorithm search (off in every preset until measured): the same bench with it on.
+[ "$device" = cuda ] && step "bench throughput fast, cudnn_benchmark=true" throughput.txt \
+    "$py" -m dawntrain bench throughput --preset fast --device cuda "${bench[@]}" "${small[@]}" \
+    --set cudnn_benchmark=true --results "$out"
 
 if [ "$have_data" = 1 ]; then
     step "fast, $seeds run(s) from seed 0 on $data" accuracy.txt "$py" -m dawntrain bench accuracy \

@@ -66,3 +66,10 @@ def test_a_short_run_trains_and_eval_prints_what_the_summary_says(tmp_path, prec
     assert [r["loss"] for r in records] == [m["train_loss"] for m in metrics]
     assert [r["acc"] for r in records] == [m["train_acc"] for m in metrics]
     assert 0 < records[0]["time"] < records[1]["time"]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_cudnn_benchmark_follows_the_config(on):
+    config = tiny_config("fast", device="cuda", cudnn_benchmark=str(on).lower())
+    build(config, tiny_dataset(size=16))
+    assert torch.backends.cudnn.benchmark is on

@@ -40,6 +40,10 @@ class Config:
     # this CPU kind (conv.matmul_pays), on for every such map, off for none.
     keep_freed_memory: bool = True
     matmul_conv: str = "auto"
+    # CUDA only: cuDNN times its algorithms for each new input shape and keeps the fastest, as
+    # airbench and the other record recipes have it; off until measured on a GPU
+    # (scripts/gpu_check.sh times `fast` both ways).
+    cudnn_benchmark: bool = False
     # Model.
     model: str = "davidnet"  # davidnet | fast | preact_resnet | davidnet64
     width: int = 64  # DavidNet's c; PreActResNet's first width; FastNet's first block

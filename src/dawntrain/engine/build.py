@@ -360,6 +360,8 @@ def build(
     from torch's global generator: seed it first (fit() seeds it with config.seed)."""
     world = world or distributed.World.single(config.device)
     device = world.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     splits = make_splits(config, dataset)
     batch = global_batch(config, world.size)
     if batch > len(splits.train_labels):

@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = {
     "checkpoint_every_steps",
     "data",
     "compile",
+    "cudnn_benchmark",
     "keep_checkpoints",
     "sanity_check",
     "on_nonfinite",
