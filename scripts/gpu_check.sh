@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in one run on one GPU (about 8 minutes on an A100-class GPU), every output
+# The CUDA checks in one run on one GPU (sized for 8 minutes; not yet run on a GPU), every output
 # under one folder: the data decoded once, the CUDA tests, bench throughput for davidnet and
 # fast (fast also with cuDNN's algorithm search), 3 seeds of fast on CIFAR-10, and fast once each
 # in bf16 and fp16. Without a CUDA device it says so and exits 0.
