@@ -12,8 +12,9 @@
 # A step that fails is noted and the next one runs (a GPU's minutes are often lent, not owned);
 # the script then ends with exit status 1 and the failed steps listed in log.txt. Where the data
 # cannot be read, the steps that train on it are skipped and the rest still run.
-# DEVICE=cpu QUICK=1 runs every step on the CPU at width 8, one step of each bench and one epoch
-# of the sample data, fp32 in place of bf16 and fp16: the script's own smoke test, about a minute.
+# DEVICE=cpu QUICK=1 runs every step on the CPU at width 8: one step of two rows of each bench,
+# one epoch of the sample data without a report, fp32 in place of bf16 and fp16; the script's
+# own smoke test (the default tests run it).
 set -uo pipefail
 out=${1:-benchmarks/results/gpu-$(date +%Y%m%d-%H%M%S)}
 data=${DATA:-cifar10}
@@ -21,8 +22,8 @@ py=${PYTHON:-python}
 device=${DEVICE:-cuda}
 bench=(--steps 50 --warmup 10) seeds=3 precisions="bf16 fp16" small=()
 if [ -n "${QUICK:-}" ]; then
-    bench=(--steps 1 --warmup 0 --peak-size 512) seeds=1 data=${DATA:-sample}
-    small=(--set width=8 --epochs 1)
+    bench=(--steps 1 --warmup 0 --peak-size 512 --rows reference,engine) seeds=1
+    data=${DATA:-sample} small=(--set width=8 --set report=false --epochs 1)
 fi
 [ "$device" = cpu ] && precisions=fp32
 mkdir -p "$out"

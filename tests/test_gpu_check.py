@@ -36,7 +36,7 @@ def test_without_cuda_the_script_says_so_and_exits_0(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["skipped.txt"]
 
 
-# About a minute on 2 Zen 3 cores (fp32): the benches' start-up and the two 1-epoch runs.
+# About 40 s on 2 Zen 3 cores (fp32): the benches' start-up and the two 1-epoch runs.
 def test_smoke_mode_runs_every_step_and_a_failed_one_does_not_stop_the_rest(tmp_path):
     # The CUDA tests fail here (they only skip on a CPU); everything after them must still run.
     python = stand_in_python(
