@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dawntrain.config import CHOICES
+
 LR_HELP = (
     "peak learning rate in the preset's `convention`: original (davidnet): the optimizer steps "
     "with lr / batch_size on the loss summed over the batch (0.4 → 0.4/512); per_example "
@@ -64,7 +66,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     device_option(p)
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=CHOICES["precision"],
         help="compute precision (default auto: bf16 where the device has it fast, else fp32)",
     )
     p.add_argument(
@@ -96,7 +98,7 @@ def resolve(args: argparse.Namespace, base: dict | None = None, **extra):
 
 def device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: cuda if any)"
+        "--device", choices=CHOICES["device"], help="where to run (default auto: cuda if any)"
     )
 
 

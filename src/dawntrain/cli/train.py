@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from dawntrain.cli.options import add_config_options, command, resolve
+from dawntrain.config import BEST_METRICS, CHOICES
 from dawntrain.errors import ConfigError
 
 
@@ -146,7 +147,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--on-nonfinite",
-        choices=["stop", "skip-step"],
+        choices=CHOICES["on_nonfinite"],
         help="on a NaN/Inf loss: stop (default) or skip that optimizer step",
     )
     _ema_option(p)
@@ -155,8 +156,6 @@ def add_parsers(sub) -> None:
 
 
 def _best_and_init_options(p: argparse.ArgumentParser) -> None:
-    from dawntrain.config import BEST_METRICS
-
     p.add_argument(
         "--best-metric",
         metavar="METRIC",
@@ -166,7 +165,7 @@ def _best_and_init_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--best-mode",
-        choices=["auto", "max", "min"],
+        choices=CHOICES["best_mode"],
         help="whether higher or lower --best-metric is better (default auto: max for *_acc, "
         "min for *_loss)",
     )
