@@ -229,14 +229,14 @@ def test_throughput_shows_the_dropout_row_only_for_models_with_dropout():
 def test_bench_conv_times_both_paths_per_shape(tmp_path, capsys):
     args = ["bench", "conv", "--shapes", "4x8x4,2x8x2", "--repeats", "1", "--json"]
     assert main([*args, "--results", str(tmp_path)]) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    result = json.loads(capsys.readouterr().out)
     assert [(r["batch"], r["channels"], r["side"]) for r in result["rows"]] == [
         (4, 8, 4),
         (2, 8, 2),
     ]
     assert all(r["library_ms"] > 0 and r["matmul_ms"] > 0 for r in result["rows"])
     assert main([*args[:6], "--precision", "fp32", "--json", "--results", str(tmp_path)]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["precision"] == "fp32"
+    assert json.loads(capsys.readouterr().out)["precision"] == "fp32"
     assert main(["bench", "conv", "--shapes", "4x8"]) == 2
     assert "BATCHxCHANNELSxSIDE" in capsys.readouterr().err
 
@@ -257,7 +257,7 @@ def test_bench_conv_takes_a_presets_own_convolutions(tmp_path, capsys):
     ]
     args = ["bench", "conv", "--preset", "fast", "--set", "batch_size=2", "--set", "width=8"]
     assert main([*args, "--repeats", "1", "--json", "--results", str(tmp_path)]) == 0
-    rows = json.loads(capsys.readouterr().out.splitlines()[0])["rows"]
+    rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["layer"] for r in rows][:2] == ["groups.0.conv1", "groups.0.conv2"]
     assert (rows[0]["batch"], rows[0]["channels"], rows[0]["c_out"]) == (2, 24, 8)
     assert all(r["library_gflops"] > 0 for r in rows)

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dawntrain.cli.options import (
@@ -39,12 +40,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
         peak_size=args.peak_size,
     )
     path = _write_result(args.results, f"throughput-{cfg.preset}-b{cfg.batch_size}", result)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(throughput.format_table(result))
-        print(f"written to {path}")
-    return 0
+    return _print_result(args, result, throughput.format_table, path)
 
 
 def cmd_bench_profile(args: argparse.Namespace) -> int:
@@ -53,10 +49,7 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     result = profile.run(cfg, steps=args.steps, warmup=args.warmup, image_size=args.image_size)
     path = _write_result(args.results, f"profile-{cfg.preset}-b{cfg.batch_size}", result)
-    print(json.dumps(result) if args.json else profile.format_table(result))
-    if not args.json:
-        print(f"written to {path}")
-    return 0
+    return _print_result(args, result, profile.format_table, path)
 
 
 def cmd_bench_conv(args: argparse.Namespace) -> int:
@@ -83,9 +76,7 @@ def cmd_bench_conv(args: argparse.Namespace) -> int:
         names, shapes = map(list, zip(*conv.preset_shapes(cfg, args.image_size)))
     result = conv.run(shapes, repeats=args.repeats, precision=args.precision, names=names)
     path = _write_result(args.results, "conv", result)
-    print(json.dumps(result) if args.json else conv.format_table(result))
-    print(f"written to {path}")
-    return 0
+    return _print_result(args, result, conv.format_table, path)
 
 
 def cmd_bench_tta(args: argparse.Namespace) -> int:
@@ -96,9 +87,7 @@ def cmd_bench_tta(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.tta, thresholds, args.device or "auto", args.weights
     )
     path = _write_result(args.results, "tta", result)
-    print(json.dumps(result) if args.json else tta.format_table(result))
-    print(f"written to {path}")
-    return 0
+    return _print_result(args, result, tta.format_table, path)
 
 
 def _bench_runs(args: argparse.Namespace, kind: str, preset: str) -> Path:
@@ -114,9 +103,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     result = accuracy.run(cfg, args.runs, _bench_runs(args, "accuracy", cfg.preset), args.target)
     path = _write_result(args.results, f"accuracy-{cfg.preset}", result)
-    print(json.dumps(result) if args.json else accuracy.format_summary(result))
-    print(f"written to {path}")
-    return 0
+    return _print_result(args, result, accuracy.format_summary, path)
 
 
 def cmd_bench_ablation(args: argparse.Namespace) -> int:
@@ -131,9 +118,7 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
         result = ablation.run(cfg, rows, args.runs, out, on_row=lambda r: ablation.write(path, r))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    print(json.dumps(result) if args.json else ablation.format_table(result))
-    print(f"written to {path}")
-    return 0
+    return _print_result(args, result, ablation.format_table, path)
 
 
 def _write_result(directory: Path, stem: str, result: dict) -> Path:
@@ -142,14 +127,24 @@ def _write_result(directory: Path, stem: str, result: dict) -> Path:
     return atomic_write(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
+def _print_result(args: argparse.Namespace, result: dict, table: Callable, path: Path) -> int:
+    """The table and where the JSON went; with --json the JSON alone on stdout (one object, for
+    a pipe) and the path on stderr."""
+    if args.json:
+        print(json.dumps(result))
+        print(f"written to {path}", file=sys.stderr)
+    else:
+        print(table(result))
+        print(f"written to {path}")
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from dawntrain.bench import data
 
     result = data.run(args.cifar, args.tiny, workers=args.workers)
     path = _write_result(args.results, "data", result)
-    print(json.dumps(result) if args.json else data.format_table(result))
-    print(f"written to {path}")
-    return 0
+    return _print_result(args, result, data.format_table, path)
 
 
 def add_parsers(sub) -> None:
