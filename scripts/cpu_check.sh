@@ -24,6 +24,7 @@ read -r kind bf16 cpu < <("$py" -c 'import torch
 from dawntrain.runtime.device import cpu_has_bf16, cpu_kind_slug, describe
 print(cpu_kind_slug(), int(cpu_has_bf16()), describe(torch.device("cpu")))')
 [ -n "$kind" ] || { echo "cpu_check: $py cannot import dawntrain; install it first (README)" >&2; exit 2; }
+bf16=${BF16:-$bf16}  # BF16 set by hand wins
 out=${1:-benchmarks/results/$kind-$(date +%Y%m%d-%H%M%S)}
 data=${DATA:-cifar10}
 steps=10 warmup=2 seeds="0 1 2" train=()
@@ -54,8 +55,8 @@ for seed in $seeds; do
     timed "fast-budget-s$seed" "$py" -m dawntrain train --preset fast-budget --seed "$seed" \
         --data "$data" --out "$out/runs/fast-budget-s$seed" "${train[@]}"
     if [ "$seed" = 0 ] && [ -n "${AIRBENCH:-}" ]; then
-        step "airbench94_muon in $AIRBENCH (BF16=${BF16:-$bf16})"
-        (cd "$AIRBENCH" && BF16=${BF16:-$bf16} MALLOC_MMAP_THRESHOLD_=1073741824 \
+        step "airbench94_muon in $AIRBENCH (BF16=$bf16)"
+        (cd "$AIRBENCH" && BF16=$bf16 MALLOC_MMAP_THRESHOLD_=1073741824 \
             MALLOC_TRIM_THRESHOLD_=2147483647 THREADS=$(nproc) /usr/bin/time -v "$py" airbench94_muon.py) \
             > "$out/airbench94_muon.txt" 2>&1
     fi
